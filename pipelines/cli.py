@@ -1,0 +1,290 @@
+"""The one command line: ``python -m pipelines <command>`` (also installed as ``lakehouse``).
+
+Commands:
+    jars          resolve the Delta, Kafka connector and broker jars from Maven Central
+    kafka         up | down | status of the embedded local broker (127.0.0.1 only)
+    produce       send a seeded demo stream with duplicates and malformed records
+    ingest        run the exactly-once ingest job (streaming, or --available-now)
+    verify        reconcile the topic with the tables; exit 1 on any discrepancy
+    demo          what `make run` does: broker, produce, ingest, verify, summary
+    spark-args    print spark-submit arguments (--jars/--conf) equivalent to the session factory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines import paths
+from pipelines.config import Config, load_config
+from pipelines.errors import PipelineError, VerificationFailed
+
+DEFAULT_CONF = "conf/local.yaml"
+
+
+def _default_conf() -> str:
+    if Path(DEFAULT_CONF).exists():
+        return DEFAULT_CONF
+    return str(paths.REPO_ROOT / DEFAULT_CONF)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines",
+        description="Exactly-once streaming lakehouse: Kafka -> Spark Structured Streaming -> Delta Lake.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Config: conf/base.yaml + the --conf file + PIPELINES__<SECTION>__<KEY> environment variables.",
+    )
+    p.add_argument("--conf", default=None, help=f"environment config file (default: {DEFAULT_CONF})")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    j = sub.add_parser("jars", help="resolve jars from Maven Central into app.jars_dir")
+    j.add_argument("--force", action="store_true", help="resolve again even if up to date")
+
+    k = sub.add_parser("kafka", help="the embedded local Kafka broker")
+    k.add_argument("action", choices=["up", "down", "status"])
+    k.add_argument("--wipe", action="store_true", help="with down: also delete the broker's data")
+
+    pr = sub.add_parser("produce", help="send a seeded demo stream (duplicates, late and malformed records)")
+    pr.add_argument("--topic", help="default: producer.topic")
+    pr.add_argument("--events", type=int, help="records to send (default: producer.events)")
+    pr.add_argument("--rate", type=float, help="records per second, 0 = unlimited (default: producer.rate)")
+    pr.add_argument("--partitions", type=int, help="partitions if the topic is created (default: producer.partitions)")
+    pr.add_argument("--seed", type=int, help="default: producer.seed")
+    pr.add_argument("--duplicates", type=float, help="duplicate fraction (default: producer.duplicate_fraction)")
+    pr.add_argument("--malformed", type=float, help="malformed fraction (default: producer.malformed_fraction)")
+    pr.add_argument("--no-ledger", action="store_true", help="do not write the ledger")
+
+    ing = sub.add_parser("ingest", help="run the exactly-once ingest job")
+    ing.add_argument("--available-now", action="store_true", help="catch up with Kafka, then exit")
+    ing.add_argument("--max-offsets", type=int, help="override kafka.max_offsets_per_trigger")
+
+    v = sub.add_parser("verify", help="reconcile the topic with bronze/quarantine/silver")
+    v.add_argument("--ledger", action="store_true", help="also check the producer ledgers of the topic")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    d = sub.add_parser("demo", help="broker up, produce, ingest (available-now), verify, summary")
+    d.add_argument("--events", type=int, help="default: producer.events")
+    d.add_argument("--fresh", action="store_true", help="delete tables, checkpoint, ledger and topic data first")
+
+    sub.add_parser("spark-args", help="print spark-submit arguments equivalent to the session factory")
+    return p
+
+
+def _load(args: argparse.Namespace, **overrides: dict) -> Config:
+    cfg = load_config(args.conf or _default_conf())
+    return cfg.with_overrides(**overrides) if overrides else cfg
+
+
+def _ledger_dir(cfg: Config, topic: str) -> Path:
+    return Path(cfg.data_dir) / paths.LEDGER_SUBDIR / topic
+
+
+def cmd_jars(cfg: Config, args: argparse.Namespace) -> int:
+    """``jars``."""
+    from pipelines.local import jars
+
+    t0 = time.monotonic()
+    found = jars.provision(cfg.jars_dir, force=args.force)
+    print(f"jars ready in {cfg.jars_dir} ({len(found)} Spark jars, broker jars in "
+          f"{jars.kafka_jars_dir(cfg.jars_dir)}) in {time.monotonic() - t0:.1f}s")
+    return 0
+
+
+def cmd_kafka(cfg: Config, args: argparse.Namespace) -> int:
+    """``kafka up|down|status``."""
+    from pipelines.local.kafka import LocalKafka
+
+    broker = LocalKafka.from_config(cfg)
+    if args.action == "up":
+        t0 = time.monotonic()
+        pid = broker.start()
+        print(f"kafka up: pid {pid}, {broker.bootstrap_servers}, data and log in {broker.home} "
+              f"({time.monotonic() - t0:.1f}s)")
+    elif args.action == "down":
+        stopped = broker.stop()
+        print("kafka down: stopped" if stopped else "kafka down: it was not running")
+        if args.wipe:
+            broker.wipe()
+            print(f"kafka down: wiped {broker.home}")
+    else:
+        st = broker.status()
+        print(f"kafka {st.describe()}")
+        return 0 if st.running and st.answering else 3
+    return 0
+
+
+def _produce(cfg: Config, *, topic: str, events: int, rate: float, partitions: int, seed: int,
+             duplicates: float, malformed: float, ledger: bool, bootstrap: str) -> dict:
+    from pipelines.tools.producer import produce
+
+    pc = cfg.producer
+    ledger_path = None
+    if ledger:
+        ledger_path = _ledger_dir(cfg, topic) / f"{time.strftime('%Y%m%dT%H%M%S')}-seed{seed}.jsonl"
+    stats = produce(
+        bootstrap, topic, events, partitions=partitions, rate=rate, seed=seed,
+        duplicate_fraction=duplicates, conflicting_fraction=pc.conflicting_fraction,
+        cross_partition_fraction=pc.cross_partition_fraction, malformed_fraction=malformed,
+        late_fraction=pc.late_fraction, ledger_path=ledger_path,
+        id_prefix=f"s{seed}-{time.strftime('%Y%m%dT%H%M%S')}",
+        progress=sys.stderr.isatty(),
+    )
+    return stats.as_dict()
+
+
+def cmd_produce(cfg: Config, args: argparse.Namespace) -> int:
+    """``produce``."""
+    pc = cfg.producer
+    out = _produce(
+        cfg, topic=args.topic or pc.topic, events=args.events if args.events is not None else pc.events,
+        rate=args.rate if args.rate is not None else pc.rate,
+        partitions=args.partitions or pc.partitions, seed=args.seed if args.seed is not None else pc.seed,
+        duplicates=args.duplicates if args.duplicates is not None else pc.duplicate_fraction,
+        malformed=args.malformed if args.malformed is not None else pc.malformed_fraction,
+        ledger=not args.no_ledger, bootstrap=cfg.kafka.bootstrap_servers,
+    )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
+    """``ingest``."""
+    from pipelines.jobs.ingest import run_ingest
+    from pipelines.session import build_session
+
+    if args.max_offsets is not None:
+        cfg = cfg.with_overrides(kafka={"max_offsets_per_trigger": args.max_offsets})
+    spark = build_session(cfg)
+    summary = run_ingest(spark, cfg, available_now=True if args.available_now else None,
+                         install_signal_handlers=True)
+    print(json.dumps(summary.as_dict(), indent=2))
+    return 0
+
+
+def _verify(cfg: Config, spark, ledger: bool):  # type: ignore[no-untyped-def]
+    from pipelines.tools.verify import verify
+
+    files: list[Path] = []
+    if ledger:
+        for topic in cfg.kafka.topics:
+            files += sorted(_ledger_dir(cfg, topic).glob("*.jsonl"))
+    return verify(spark, cfg, ledger_files=files or None)
+
+
+def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
+    """``verify``."""
+    from pipelines.session import build_session
+
+    spark = build_session(cfg)
+    report = _verify(cfg, spark, args.ledger)
+    print(json.dumps(report.as_dict(), indent=2, default=str) if args.json else report.table())
+    return 0 if report.ok else 1
+
+
+def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
+    """``demo``: the whole flow of ``make run``."""
+    import shutil
+
+    from pipelines.jobs.ingest import run_ingest
+    from pipelines.local import jars
+    from pipelines.local.kafka import LocalKafka
+    from pipelines.session import build_session
+
+    t_all = time.monotonic()
+    pc = cfg.producer
+    jars.provision(cfg.jars_dir)
+    broker = LocalKafka.from_config(cfg)
+    if args.fresh:
+        broker.stop()
+        broker.wipe()
+        for sub in (paths.TABLES_SUBDIR, paths.CHECKPOINTS_SUBDIR, paths.LEDGER_SUBDIR):
+            shutil.rmtree(Path(cfg.data_dir) / sub, ignore_errors=True)
+    if broker.is_running():
+        print(f"[demo] kafka already running at {broker.bootstrap_servers}")
+    else:
+        print(f"[demo] starting kafka at {broker.bootstrap_servers} ...", flush=True)
+        broker.start()
+    bootstrap = broker.bootstrap_servers
+    cfg = cfg.with_overrides(kafka={"bootstrap_servers": bootstrap})
+    events = args.events if args.events is not None else pc.events
+    print(f"[demo] producing {events} records to '{pc.topic}' "
+          f"(~{pc.duplicate_fraction:.0%} duplicates, ~{pc.malformed_fraction:.0%} malformed) ...", flush=True)
+    t0 = time.monotonic()
+    produced = _produce(cfg, topic=pc.topic, events=events, rate=pc.rate, partitions=pc.partitions,
+                        seed=pc.seed, duplicates=pc.duplicate_fraction, malformed=pc.malformed_fraction,
+                        ledger=True, bootstrap=bootstrap)
+    print(f"[demo] produced {produced['sent']} in {time.monotonic() - t0:.1f}s", flush=True)
+    print("[demo] starting Spark and ingesting (available-now) ...", flush=True)
+    spark = build_session(cfg)
+    summary = run_ingest(spark, cfg, available_now=True, install_signal_handlers=True)
+    print(f"[demo] ingested {summary.rows_read} records in {summary.batches} batches, {summary.seconds:.1f}s",
+          flush=True)
+    print("[demo] verifying (topic from earliest vs tables, plus the producer ledger) ...", flush=True)
+    report = _verify(cfg, spark, True)
+    print()
+    print("=" * 72)
+    print("produced this run:  " + ", ".join(
+        f"{k}={produced[k]}" for k in ("sent", "unique_valid", "duplicates", "conflicting", "cross_partition",
+                                       "late", "malformed_total")))
+    print("ingested this run:  " + ", ".join(
+        f"{k}={getattr(summary, k)}" for k in ("batches", "rows_read", "silver_inserted", "quarantined",
+                                               "duplicates_in_batch", "duplicates_in_table")))
+    print(report.table())
+    print(f"tables: {Path(cfg.data_dir) / paths.TABLES_SUBDIR}  checkpoint: {cfg.checkpoint_path}")
+    print(f"total {time.monotonic() - t_all:.0f}s; the broker keeps running (`make kafka-down` stops it)")
+    print("=" * 72)
+    return 0 if report.ok else 1
+
+
+def cmd_spark_args(cfg: Config, args: argparse.Namespace) -> int:
+    """``spark-args``."""
+    import shlex
+
+    from pipelines.session import spark_submit_args
+
+    print(" ".join(shlex.quote(a) for a in spark_submit_args(cfg)))
+    return 0
+
+
+COMMANDS = {
+    "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
+    "verify": cmd_verify, "demo": cmd_demo, "spark-args": cmd_spark_args,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for errors with a clear message)."""
+    args = _parser().parse_args(argv)
+    try:
+        cfg = _load(args)
+        return COMMANDS[args.command](cfg, args)
+    except VerificationFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except PipelineError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a JVM error: show its first lines, not a page of Java frames
+        name = type(e).__name__
+        if name in ("Py4JJavaError", "AnalysisException", "StreamingQueryException", "Py4JError") or \
+                name.endswith("Exception") and "pyspark" in type(e).__module__:
+            text = str(e).strip().splitlines()
+            print(f"error: Spark failed: {' '.join(text[:3])[:800]}", file=sys.stderr)
+            print("hint: see the lines above for the cause; set PIPELINES_DEBUG=1 for the full trace",
+                  file=sys.stderr)
+            import os
+
+            if os.environ.get("PIPELINES_DEBUG") == "1":
+                raise
+            return 2
+        raise

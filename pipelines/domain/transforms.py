@@ -1,0 +1,315 @@
+"""Pure DataFrame -> DataFrame transforms of the ingest path: no reads, writes or sessions.
+
+Parameterised transforms return a function for ``df.transform`` (GUIDE habit 1)::
+
+    parsed = kafka_df.transform(parse_records(spec))
+    good, bad = parsed.transform(valid_rows), parsed.transform(invalid_rows)
+    kept = good.transform(annotate_duplicates).transform(first_copies)
+
+Parsing uses Spark's VARIANT (``try_parse_json``), which keeps the JSON type of every value,
+so "amount is an object" and "message_id is a number" are told apart from "missing".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines.config import FieldSpec
+from pipelines.domain import schema as S
+from pipelines.domain.schema import EventSpec, Reason, spark_type
+
+Transform = Callable[[DataFrame], DataFrame]
+
+_TEXT = "_p_text"
+_JSON = "_p_json"
+_CHECKS = "_p_checks"
+_DUP_RANK = "_p_dup_rank"
+_CONFLICT = "_p_conflict"
+
+_INT_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
+# An ISO-8601 timestamp must carry its zone: Z or ±hh[:mm].
+_ZONE_SUFFIX = r"(?i)(z|[+-]\d{2}(:?\d{2})?)$"
+_ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
+
+
+def _path(name: str) -> str:
+    return "$['" + name.replace("'", "\\'") + "']"
+
+
+def _check(cond: Column, code: str, message: Column) -> Column:
+    """One failed check as ``struct(code, message)``, or NULL when it passes."""
+    return F.when(cond, F.struct(F.lit(code).alias("code"), message.alias("message")))
+
+
+def _extract(name: str, js: Column) -> dict[str, Column]:
+    """Columns computed once per field: its JSON type (NULL if absent) and its text."""
+    raw = F.try_variant_get(js, _path(name), "variant")
+    return {
+        _ftype(name): F.schema_of_variant(raw),
+        _ftext(name): F.try_variant_get(js, _path(name), "string"),
+    }
+
+
+def _ftype(name: str) -> str:
+    return f"_p_type_{name}"
+
+
+def _ftext(name: str) -> str:
+    return f"_p_text_{name}"
+
+
+def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Column]]:
+    """The typed value of field ``f`` and the checks (struct or NULL) it may fail.
+
+    Expects the columns of :func:`_extract` for ``f``.
+    """
+    vtype = F.col(_ftype(f.name))
+    present = vtype.isNotNull() & (vtype != F.lit("VOID"))  # JSON null counts as missing
+    text = F.col(_ftext(f.name))
+    stype = spark_type(f.type)
+    shown = F.coalesce(F.substring(text, 1, 60), F.lit("?"))
+    checks: list[Column] = []
+    if f.required:
+        checks.append(_check(~present, f"{Reason.MISSING_FIELD}:{f.name}", F.lit(f"{f.name} is missing or null")))
+
+    def wrong(ok: Column, expected: str) -> Column:
+        return _check(present & ~ok, f"{Reason.WRONG_TYPE}:{f.name}",
+                      F.concat(F.lit(f"{f.name} must be {expected}, got "), F.coalesce(vtype, F.lit("?"))))
+
+    if isinstance(stype, T.DecimalType):
+        ok_type = vtype.startswith("DECIMAL") | vtype.isin(*_INT_TYPES, "DOUBLE", "FLOAT", "STRING")
+        # try_cast keeps bad input as NULL even under ANSI mode; a wider decimal first, so that
+        # "12.345" is rejected for decimal(18,2) instead of being silently rounded.
+        wide_col = F.trim(text).try_cast(T.DecimalType(38, 18))
+        in_range = (
+            wide_col.isNotNull()
+            & (wide_col == F.round(wide_col, stype.scale))
+            & (F.abs(wide_col) < F.lit(10 ** (stype.precision - stype.scale)))
+        )
+        checks.append(wrong(ok_type, "a decimal number (JSON number or numeric string)"))
+        checks.append(_check(present & ok_type & ~in_range, f"{Reason.BAD_DECIMAL}:{f.name}",
+                             F.concat(F.lit(f"{f.name} "), shown,
+                                      F.lit(f" is not a decimal with at most {stype.precision - stype.scale}"
+                                            f" integer and {stype.scale} fractional digits"))))
+        value = F.when(present & ok_type & in_range, wide_col.cast(stype))
+    elif isinstance(stype, T.TimestampType):
+        ok_type = vtype == F.lit("STRING")
+        ts = F.try_to_timestamp(text)
+        good = ts.isNotNull() & text.rlike(_ZONE_SUFFIX) & text.rlike(_ISO_DATETIME)
+        checks.append(wrong(ok_type, "an ISO-8601 timestamp string"))
+        checks.append(_check(present & ok_type & ~good, f"{Reason.BAD_TIMESTAMP}:{f.name}",
+                             F.concat(F.lit(f"{f.name} "), shown,
+                                      F.lit(" is not an ISO-8601 timestamp with a zone"))))
+        value = F.when(present & ok_type & good, ts)
+    elif isinstance(stype, T.LongType):
+        ok_type = vtype.isin(*_INT_TYPES)
+        checks.append(wrong(ok_type, "an integer"))
+        value = F.when(present & ok_type, F.try_variant_get(js, _path(f.name), "bigint"))
+    elif isinstance(stype, T.DoubleType):
+        ok_type = vtype.isin(*_INT_TYPES, "DOUBLE", "FLOAT") | vtype.startswith("DECIMAL")
+        checks.append(wrong(ok_type, "a number"))
+        value = F.when(present & ok_type, F.try_variant_get(js, _path(f.name), "double"))
+    elif isinstance(stype, T.BooleanType):
+        ok_type = vtype == F.lit("BOOLEAN")
+        checks.append(wrong(ok_type, "true or false"))
+        value = F.when(present & ok_type, F.try_variant_get(js, _path(f.name), "boolean"))
+    else:  # string
+        ok_type = vtype == F.lit("STRING")
+        checks.append(wrong(ok_type, "a string"))
+        value = F.when(present & ok_type, text)
+        if f.allowed is not None:
+            checks.append(_check(present & ok_type & ~text.isin(*f.allowed), f"{Reason.INVALID_VALUE}:{f.name}",
+                                 F.concat(F.lit(f"{f.name} "), shown,
+                                          F.lit(f" is not one of {', '.join(f.allowed)}"))))
+    return value.cast(stype), checks
+
+
+def _message_id(spec: EventSpec, js: Column, is_object: Column) -> tuple[Column, list[Column]]:
+    """The message ID and its checks, from the JSON field, the record key or a header."""
+    if spec.id_source == "field":
+        vtype = F.col(_ftype(spec.id_name))
+        present = vtype.isNotNull() & (vtype != F.lit("VOID"))
+        text = F.col(_ftext(spec.id_name))
+        is_string = vtype == F.lit("STRING")
+        checks = [
+            _check(is_object & ~present, Reason.MISSING_ID, F.lit(f"{spec.id_name} is missing or null")),
+            _check(is_object & present & ~is_string, f"{Reason.WRONG_TYPE}:{spec.id_name}",
+                   F.concat(F.lit(f"{spec.id_name} must be a string, got "), vtype)),
+            _check(is_object & is_string & (F.trim(text) == ""), Reason.EMPTY_ID, F.lit(f"{spec.id_name} is empty")),
+        ]
+        return F.when(is_string, text), checks
+    if spec.id_source == "key":
+        raw_bytes = F.col(S.KAFKA_KEY)
+        where = "the record key"
+    else:
+        match = F.filter(F.col(S.SRC_HEADERS), lambda h: h["key"] == F.lit(spec.id_name))
+        raw_bytes = F.when(F.size(match) > 0, match[0]["value"])
+        where = f"header {spec.id_name}"
+    text = raw_bytes.cast("string")
+    checks = [
+        _check(raw_bytes.isNull(), Reason.MISSING_ID, F.lit(f"{where} is missing")),
+        _check(raw_bytes.isNotNull() & ~F.is_valid_utf8(text), Reason.INVALID_UTF8,
+               F.lit(f"{where} is not valid UTF-8")),
+        _check(raw_bytes.isNotNull() & (F.trim(text) == ""), Reason.EMPTY_ID, F.lit(f"{where} is empty")),
+    ]
+    return text, checks
+
+
+def parse_records(spec: EventSpec) -> Transform:
+    """Decode and check Kafka records against the event contract.
+
+    Input: a DataFrame with Spark's Kafka source columns (``key``, ``value``, ``topic``,
+    ``partition``, ``offset``, ``timestamp``; ``headers`` when ``id_source`` is ``header``).
+    Output: the Kafka coordinates, key/value bytes, ``message_id``, one typed column per
+    data field, ``event_date``, ``payload`` (the JSON text), ``value_sha256``, and
+    ``reason``/``reason_codes``/``reason_message`` (empty codes = valid).
+    """
+
+    def transform(df: DataFrame) -> DataFrame:
+        value = F.col(S.KAFKA_VALUE)
+        text = F.col(_TEXT)
+        js = F.col(_JSON)
+        has_value = value.isNotNull()
+        utf8 = has_value & F.is_valid_utf8(text)
+        parsed = utf8 & js.isNotNull()
+        is_object = parsed & F.schema_of_variant(js).startswith("OBJECT")
+
+        checks: list[Column] = [
+            _check(~has_value, Reason.NULL_VALUE, F.lit("the record value is null (tombstone)")),
+            _check(has_value & ~F.is_valid_utf8(text), Reason.INVALID_UTF8, F.lit("the value is not valid UTF-8")),
+            _check(utf8 & js.isNull(), Reason.NOT_JSON,
+                   F.concat(F.lit("the value is not valid JSON: "), F.substring(text, 1, 60))),
+            _check(parsed & ~is_object, Reason.NOT_OBJECT,
+                   F.concat(F.lit("the value is JSON "), F.schema_of_variant(js), F.lit(", not an object"))),
+        ]
+        mid, id_checks = _message_id(spec, js, is_object)
+        checks += id_checks
+        typed: dict[str, Column] = {}
+        for f in spec.data_fields:
+            col, fchecks = _field_column(f, js)
+            typed[f.name] = col
+            checks += [F.when(is_object, c) for c in fchecks]
+        base = df.select(
+            F.col(S.SRC_TOPIC).alias(S.KAFKA_TOPIC),
+            F.col(S.SRC_PARTITION).alias(S.KAFKA_PARTITION),
+            F.col(S.SRC_OFFSET).alias(S.KAFKA_OFFSET),
+            F.col(S.SRC_TIMESTAMP).alias(S.KAFKA_TIMESTAMP),
+            F.col(S.SRC_KEY).alias(S.KAFKA_KEY),
+            F.col(S.SRC_VALUE).alias(S.KAFKA_VALUE),
+            *([F.col(S.SRC_HEADERS)] if S.SRC_HEADERS in df.columns else []),
+            F.col(S.SRC_VALUE).cast("string").alias(_TEXT),
+        )
+        base = base.withColumn(_JSON, F.when(F.is_valid_utf8(text), F.try_parse_json(text)))
+        extracted: dict[str, Column] = {}
+        for name in ([spec.id_name] if spec.id_source == "field" else []) + [f.name for f in spec.data_fields]:
+            extracted.update(_extract(name, js))
+        base = base.withColumns(extracted)
+        failed = F.filter(F.array(*checks), lambda c: c.isNotNull())
+        out = base.select(
+            *[F.col(c) for c in (S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET, S.KAFKA_TIMESTAMP,
+                                 S.KAFKA_KEY, S.KAFKA_VALUE)],
+            mid.alias(S.MESSAGE_ID),
+            *[c.alias(name) for name, c in typed.items()],
+            F.when(utf8, text).alias(S.PAYLOAD),
+            F.sha2(F.coalesce(F.col(S.KAFKA_VALUE), F.lit(b"")), 256).alias(S.VALUE_SHA256),
+            failed.alias(_CHECKS),
+        )
+        et = spec.event_time_field
+        return out.select(
+            "*",
+            F.to_date(F.col(et)).alias(S.EVENT_DATE) if et in typed else F.lit(None).cast("date").alias(S.EVENT_DATE),
+        ).select(
+            *[c for c in out.columns if c != _CHECKS],
+            S.EVENT_DATE,
+            F.transform(F.col(_CHECKS), lambda c: c["code"]).alias(S.REASON_CODES),
+            F.when(F.size(_CHECKS) > 0, F.split(F.col(_CHECKS)[0]["code"], ":")[0]).alias(S.REASON),
+            F.array_join(F.transform(F.col(_CHECKS), lambda c: c["message"]), "; ").alias(S.REASON_MESSAGE),
+        )
+
+    return transform
+
+
+def valid_rows(df: DataFrame) -> DataFrame:
+    """Rows of :func:`parse_records` that passed every check."""
+    return df.filter(F.size(S.REASON_CODES) == 0)
+
+
+def invalid_rows(df: DataFrame) -> DataFrame:
+    """Rows of :func:`parse_records` that failed at least one check (bound for quarantine)."""
+    return df.filter(F.size(S.REASON_CODES) > 0)
+
+
+def annotate_duplicates(df: DataFrame) -> DataFrame:
+    """Mark copies of the same ``message_id`` within one batch, deterministically.
+
+    The copy with the lowest (topic, partition, offset) is kept (rank 1). A dropped copy whose
+    value bytes differ from the kept one is a *conflict* (same ID, different payload).
+    Adds ``_p_dup_rank`` and ``_p_conflict``; use :func:`first_copies` and
+    :func:`duplicate_counts` on the result.
+    """
+    w = Window.partitionBy(S.MESSAGE_ID).orderBy(S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET)
+    kept_hash = F.first(S.VALUE_SHA256).over(w)
+    return df.withColumn(_DUP_RANK, F.row_number().over(w)).withColumn(
+        _CONFLICT, (F.col(_DUP_RANK) > 1) & (F.col(S.VALUE_SHA256) != kept_hash)
+    )
+
+
+def first_copies(df: DataFrame) -> DataFrame:
+    """One row per ``message_id``: the kept copy of :func:`annotate_duplicates`."""
+    return df.filter(F.col(_DUP_RANK) == 1).drop(_DUP_RANK, _CONFLICT)
+
+
+def duplicate_counts(df: DataFrame) -> DataFrame:
+    """One row: ``rows``, ``duplicates`` (dropped copies) and ``conflicting`` (dropped, different payload)."""
+    return df.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.coalesce(F.sum((F.col(_DUP_RANK) > 1).cast("long")), F.lit(0)).alias("duplicates"),
+        F.coalesce(F.sum(F.col(_CONFLICT).cast("long")), F.lit(0)).alias("conflicting"),
+    )
+
+
+def with_lineage(batch_id: int, app_id: str, ingested_at: Column) -> Transform:
+    """Add ``batch_id``, ``app_id`` and ``ingested_at``."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.withColumns({
+            S.BATCH_ID: F.lit(batch_id).cast("long"),
+            S.APP_ID: F.lit(app_id),
+            S.INGESTED_AT: ingested_at,
+        })
+
+    return transform
+
+
+def to_bronze(df: DataFrame) -> DataFrame:
+    """Kafka source rows (with lineage) -> bronze columns."""
+    headers = F.col(S.SRC_HEADERS) if S.SRC_HEADERS in df.columns else F.lit(None).cast(S.HEADERS_TYPE)
+    return df.select(
+        F.col(S.SRC_TOPIC).alias(S.KAFKA_TOPIC),
+        F.col(S.SRC_PARTITION).alias(S.KAFKA_PARTITION),
+        F.col(S.SRC_OFFSET).alias(S.KAFKA_OFFSET),
+        F.col(S.SRC_TIMESTAMP).alias(S.KAFKA_TIMESTAMP),
+        F.col(S.SRC_KEY).alias(S.KAFKA_KEY),
+        F.col(S.SRC_VALUE).alias(S.KAFKA_VALUE),
+        headers.cast(S.HEADERS_TYPE).alias(S.KAFKA_HEADERS),
+        S.BATCH_ID, S.APP_ID, S.INGESTED_AT,
+    )
+
+
+def to_quarantine(df: DataFrame) -> DataFrame:
+    """Invalid parsed rows (with lineage) -> quarantine columns."""
+    return df.select(*[f.name for f in S.QUARANTINE_SCHEMA.fields])
+
+
+def to_silver(spec: EventSpec) -> Transform:
+    """Valid, deduplicated parsed rows (with lineage) -> silver columns."""
+    names = [f.name for f in S.silver_schema(spec).fields]
+
+    def transform(df: DataFrame) -> DataFrame:
+        return df.select(*names)
+
+    return transform

@@ -1,0 +1,406 @@
+"""Exactly-once ingestion: Kafka -> bronze / quarantine / silver / audit, one micro-batch at a time.
+
+Run it as::
+
+    python -m pipelines ingest --conf conf/local.yaml [--available-now]
+    spark-submit $(python -m pipelines spark-args) pipelines/jobs/ingest.py --conf conf/local.yaml
+
+or from Python / a notebook::
+
+    job = IngestJob.from_config(cfg)
+    query = start_ingest(spark, cfg)            # a StreamingQuery
+    summary = run_ingest(spark, cfg, available_now=True)   # catch up and return
+
+Why a replayed batch cannot double anything: every table write carries the Delta transaction
+identity (app id = ``<query_name>-<checkpoint's query id>``, version = ``batch_id``), so a
+batch Spark re-runs after a crash is skipped table by table; and bronze/quarantine are
+insert-if-absent MERGEs on (topic, partition, offset), silver on ``message_id``, so even a
+replay under a new checkpoint (new app id) inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines import faults
+from pipelines.config import Config, load_config
+from pipelines.domain import schema as S
+from pipelines.domain import transforms as X
+from pipelines.domain.schema import EventSpec
+from pipelines.errors import PipelineError
+from pipelines.io import writers
+from pipelines.io.kafka_source import source_options
+from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
+
+
+@dataclass
+class BatchResult:
+    """What one micro-batch did (also the audit row)."""
+
+    batch_id: int
+    app_id: str
+    rows_read: int = 0
+    bronze_inserted: int | None = 0
+    quarantined: int | None = 0
+    valid_rows: int = 0
+    duplicates_in_batch: int = 0
+    conflicting_in_batch: int = 0
+    duplicates_in_table: int | None = 0
+    silver_inserted: int | None = 0
+    offsets: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    max_kafka_timestamp: dt.datetime | None = None
+    duration_ms: int = 0
+    lag_s: float | None = None
+    replayed: bool = False
+    timings_ms: dict[str, int] = field(default_factory=dict)
+
+    def progress_line(self) -> str:
+        """The per-batch progress line."""
+        lag = f"{self.lag_s:.1f}s" if self.lag_s is not None else "-"
+        replay = " (replay: already committed, skipped)" if self.replayed else ""
+
+        def n(v: int | None) -> str:
+            return "skip" if v is None else str(v)
+
+        return (
+            f"[ingest] batch {self.batch_id}: read {self.rows_read} | bronze +{n(self.bronze_inserted)} | "
+            f"quarantined {n(self.quarantined)} | dups in batch {self.duplicates_in_batch} "
+            f"(conflicting {self.conflicting_in_batch}) | dups vs table {n(self.duplicates_in_table)} | "
+            f"silver +{n(self.silver_inserted)} | {self.duration_ms / 1000:.2f}s | lag {lag}{replay}"
+        )
+
+
+def read_checkpoint_query_id(spark: SparkSession, checkpoint: str) -> str:
+    """The stream's persistent query id, from ``<checkpoint>/metadata`` (written by Spark at start)."""
+    meta = checkpoint.rstrip("/") + "/metadata"
+    if "://" not in checkpoint or checkpoint.startswith("file:"):
+        text = Path(meta.removeprefix("file:")).read_text()
+    else:
+        text = "\n".join(r[0] for r in spark.read.text(meta).collect())
+    return str(json.loads(text.splitlines()[0])["id"])
+
+
+class IngestJob:
+    """The ``foreachBatch`` body with its collaborators passed in (GUIDE habit 2).
+
+    Args:
+        spec: The event contract.
+        tables: Table locations.
+        query_name: Stem of the transaction app id.
+        checkpoint: Checkpoint location (its query id completes the app id).
+        app_id: Fixed app id (tests and backfills); otherwise derived from the checkpoint.
+        out: Where progress lines go (None: silent).
+    """
+
+    def __init__(
+        self,
+        spec: EventSpec,
+        tables: TablePaths,
+        *,
+        query_name: str = "ingest",
+        checkpoint: str | None = None,
+        app_id: str | None = None,
+        out: Callable[[str], None] | None = print,
+    ) -> None:
+        if app_id is None and checkpoint is None:
+            raise ValueError("IngestJob needs an app_id or a checkpoint to derive it from")
+        self.spec = spec
+        self.tables = tables
+        self.query_name = query_name
+        self.checkpoint = checkpoint
+        self._app_id = app_id
+        self.out = out
+        self.results: list[BatchResult] = []
+        self._jvm_pid: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, app_id: str | None = None,
+                    out: Callable[[str], None] | None = print) -> IngestJob:
+        """Build the job for ``cfg``."""
+        return cls(EventSpec.from_config(cfg.events), TablePaths.from_config(cfg),
+                   query_name=cfg.ingest.query_name, checkpoint=cfg.checkpoint_path, app_id=app_id,
+                   out=out if cfg.ingest.progress else None)
+
+    def app_id(self, spark: SparkSession) -> str:
+        """``<query_name>-<query id>``: changes when the checkpoint is reset, as batch ids restart at 0."""
+        if self._app_id is None:
+            assert self.checkpoint is not None
+            self._app_id = f"{self.query_name}-{read_checkpoint_query_id(spark, self.checkpoint)}"
+        return self._app_id
+
+    def _fault(self, spark: SparkSession, point: str, batch_id: int) -> None:
+        if faults.POINT_ENV not in os.environ:
+            return
+        if self._jvm_pid is None:
+            self._jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())  # type: ignore
+        faults.inject(point, batch_id, self._jvm_pid)
+
+    def process_batch(self, batch_df: DataFrame, batch_id: int) -> BatchResult:
+        """Parse, validate, dedupe and write one micro-batch; idempotent per ``batch_id``."""
+        t0 = time.monotonic()
+        spark = batch_df.sparkSession
+        app_id = self.app_id(spark)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        res = BatchResult(batch_id=batch_id, app_id=app_id)
+        timings: dict[str, int] = {}
+
+        def lap(name: str, since: float) -> float:
+            t = time.monotonic()
+            timings[name] = int((t - since) * 1000)
+            return t
+
+        raw = batch_df.persist()
+        parsed = raw.transform(X.parse_records(self.spec)).persist()
+        try:
+            stats = parsed.groupBy(S.KAFKA_TOPIC, S.KAFKA_PARTITION).agg(
+                F.min(S.KAFKA_OFFSET).alias("first"),
+                F.max(S.KAFKA_OFFSET).alias("last"),
+                F.count(F.lit(1)).alias("rows"),
+                F.sum((F.size(S.REASON_CODES) == 0).cast("long")).alias("valid"),
+                F.max(S.KAFKA_TIMESTAMP).alias("max_ts"),
+            ).collect()
+            t = lap("stats", t0)
+            res.rows_read = sum(int(r["rows"]) for r in stats)
+            res.valid_rows = sum(int(r["valid"]) for r in stats)
+            for r in stats:
+                res.offsets.setdefault(r[S.KAFKA_TOPIC], {})[str(r[S.KAFKA_PARTITION])] = [int(r["first"]),
+                                                                                         int(r["last"])]
+            stamps = [r["max_ts"] for r in stats if r["max_ts"] is not None]
+            res.max_kafka_timestamp = max(stamps) if stamps else None
+            if res.rows_read == 0:
+                res.bronze_inserted = res.quarantined = res.silver_inserted = res.duplicates_in_table = 0
+                return res
+            lineage = X.with_lineage(batch_id, app_id, F.lit(now).cast("timestamp"))
+            coords = _offset_range_predicate(res.offsets)
+
+            # 1. bronze: every record once, keyed on its Kafka coordinates.
+            res.bronze_inserted = writers.merge_insert_if_absent(
+                raw.transform(lineage).transform(X.to_bronze), self.tables.bronze, S.COORDINATES,
+                app_id=app_id, version=batch_id, target_predicate=coords)
+            t = lap("bronze", t)
+            self._fault(spark, faults.AFTER_BRONZE, batch_id)
+
+            # 2. quarantine: records that cannot become silver rows, with reasons.
+            res.quarantined = writers.merge_insert_if_absent(
+                parsed.transform(X.invalid_rows).transform(lineage).transform(X.to_quarantine),
+                self.tables.quarantine, S.COORDINATES, app_id=app_id, version=batch_id, target_predicate=coords)
+            t = lap("quarantine", t)
+            self._fault(spark, faults.AFTER_QUARANTINE, batch_id)
+
+            # 3. silver: dedupe inside the batch (lowest coordinates win), then insert-if-absent on message_id.
+            annotated = parsed.transform(X.valid_rows).transform(X.annotate_duplicates)
+            d = annotated.transform(X.duplicate_counts).collect()[0]
+            res.duplicates_in_batch, res.conflicting_in_batch = int(d["duplicates"]), int(d["conflicting"])
+            kept = res.valid_rows - res.duplicates_in_batch
+            t = lap("dedupe", t)
+            res.silver_inserted = writers.merge_insert_if_absent(
+                annotated.transform(X.first_copies).transform(lineage).transform(X.to_silver(self.spec)),
+                self.tables.silver, [S.MESSAGE_ID], app_id=app_id, version=batch_id)
+            if res.silver_inserted is None:  # replay of a committed batch: report what that commit did
+                res.replayed = True
+                res.silver_inserted = (spark.read.format("delta").load(self.tables.silver)
+                                       .filter((F.col(S.BATCH_ID) == batch_id) & (F.col(S.APP_ID) == app_id))
+                                       .count())
+            res.duplicates_in_table = kept - res.silver_inserted
+            t = lap("silver", t)
+            self._fault(spark, faults.AFTER_SILVER, batch_id)
+
+            # 4. audit: one row per batch (skipped if this batch's row is already there).
+            res.duration_ms = int((time.monotonic() - t0) * 1000)
+            res.timings_ms = timings
+            self._write_audit(spark, res, now)
+            lap("audit", t)
+            self._fault(spark, faults.AFTER_AUDIT, batch_id)
+        finally:
+            parsed.unpersist()
+            raw.unpersist()
+        res.duration_ms = int((time.monotonic() - t0) * 1000)
+        if res.max_kafka_timestamp is not None:
+            res.lag_s = max(0.0, (dt.datetime.now(dt.UTC).replace(tzinfo=None) - res.max_kafka_timestamp)
+                            .total_seconds())
+        self.results.append(res)
+        if self.out is not None:
+            self.out(res.progress_line())
+        return res
+
+    def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime) -> None:
+        finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        versions = {name: writers.table_version(spark, self.tables.of(name)) for name in (BRONZE, QUARANTINE, SILVER)}
+        row = (
+            res.app_id, self.query_name, res.batch_id, started, finished, res.duration_ms,
+            json.dumps(res.offsets, sort_keys=True), res.rows_read, res.bronze_inserted, res.quarantined,
+            res.valid_rows, res.duplicates_in_batch, res.conflicting_in_batch, res.duplicates_in_table,
+            res.silver_inserted, res.max_kafka_timestamp, versions, res.timings_ms,
+        )
+        writers.append_once(spark.createDataFrame([row], S.AUDIT_SCHEMA), self.tables.audit,
+                            app_id=res.app_id, version=res.batch_id)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _offset_range_predicate(offsets: dict[str, dict[str, list[int]]]) -> str:
+    """A target-only predicate covering the batch's offset ranges, so the MERGE reads few files."""
+    parts = [
+        f"(t.{S.KAFKA_TOPIC} = {_sql_str(topic)} AND t.{S.KAFKA_PARTITION} = {int(p)} "
+        f"AND t.{S.KAFKA_OFFSET} BETWEEN {lo} AND {hi})"
+        for topic, parts_ in sorted(offsets.items())
+        for p, (lo, hi) in sorted(parts_.items(), key=lambda kv: int(kv[0]))
+    ]
+    return " OR ".join(parts) if parts else "false"
+
+
+# ---- the streaming query ---------------------------------------------------------------------
+
+
+def kafka_stream(spark: SparkSession, cfg: Config) -> DataFrame:
+    """The Kafka source as a streaming DataFrame."""
+    reader = spark.readStream.format("kafka")
+    for key, value in source_options(cfg, streaming=True).items():
+        reader = reader.option(key, value)
+    return reader.load()
+
+
+def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None = None,
+                 job: IngestJob | None = None) -> StreamingQuery:
+    """Create the tables if needed and start the ingest query; returns the StreamingQuery.
+
+    Args:
+        spark: The session (from :func:`pipelines.session.build_session`).
+        cfg: The configuration.
+        available_now: Catch up with what is in Kafka now, then stop (default: ``ingest.trigger``).
+        job: The batch function's owner (default: :meth:`IngestJob.from_config`).
+    """
+    job = job or IngestJob.from_config(cfg)
+    ensure_tables(spark, job.tables, job.spec)
+    if available_now is None:
+        available_now = cfg.ingest.trigger == "availableNow"
+    writer = (
+        kafka_stream(spark, cfg).writeStream.queryName(cfg.ingest.query_name)
+        .option("checkpointLocation", cfg.checkpoint_path)
+        .foreachBatch(job.process_batch)
+    )
+    writer = writer.trigger(availableNow=True) if available_now else writer.trigger(
+        processingTime=cfg.ingest.trigger_interval)
+    return writer.start()
+
+
+@dataclass
+class IngestSummary:
+    """Totals of one ``run_ingest`` call."""
+
+    batches: int = 0
+    rows_read: int = 0
+    silver_inserted: int = 0
+    quarantined: int = 0
+    duplicates_in_batch: int = 0
+    duplicates_in_table: int = 0
+    stopped_by_signal: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for JSON)."""
+        return asdict(self)
+
+
+def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None = None,
+               stop_event: threading.Event | None = None, install_signal_handlers: bool = False,
+               grace_s: float = 120.0) -> IngestSummary:
+    """Run the ingest query until it finishes (availableNow) or is asked to stop.
+
+    On SIGINT/SIGTERM (when ``install_signal_handlers``) or ``stop_event``, the current batch is
+    allowed to finish (up to ``grace_s``) and the query is stopped; a batch cut short is not
+    committed to the checkpoint and is replayed, idempotently, on the next start.
+    """
+    t0 = time.monotonic()
+    stop_event = stop_event or threading.Event()
+    job = IngestJob.from_config(cfg)
+    summary = IngestSummary()
+    previous: dict[int, Any] = {}
+    if install_signal_handlers:
+        def handler(signum: int, _frame: Any) -> None:
+            print(f"[ingest] got {signal.Signals(signum).name}: finishing the current batch, then stopping",
+                  file=sys.stderr, flush=True)
+            stop_event.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    query = start_ingest(spark, cfg, available_now=available_now, job=job)
+    try:
+        try:
+            while query.isActive:
+                if stop_event.is_set():
+                    summary.stopped_by_signal = True
+                    deadline = time.monotonic() + grace_s
+                    while query.status.get("isTriggerActive") and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    query.stop()
+                    break
+                query.awaitTermination(0.5)
+            error = query.exception()
+        except Exception as e:  # StreamingQueryException from awaitTermination
+            error = e
+        if error is not None:
+            raise PipelineError(
+                f"the ingest query failed: {explain_stream_error(str(error))}",
+                hint="fix the cause and start again: the checkpoint resumes where it stopped, "
+                     "and the replayed batch is skipped or merged idempotently",
+            )
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+    for r in job.results:
+        summary.batches += 1
+        summary.rows_read += r.rows_read
+        summary.silver_inserted += r.silver_inserted or 0
+        summary.quarantined += r.quarantined or 0
+        summary.duplicates_in_batch += r.duplicates_in_batch
+        summary.duplicates_in_table += r.duplicates_in_table or 0
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def explain_stream_error(text: str) -> str:
+    """The useful part of a StreamingQueryException: the root error, not pages of Java frames."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    causes = [ln for ln in lines if ln.startswith(("pyspark.errors", "py4j.protocol.Py4JJavaError"))
+              or (": " in ln and ln.split(": ", 1)[0].endswith(("Error", "Exception")) and not ln.startswith("at "))]
+    root = causes[-1] if causes else (lines[0] if lines else "unknown error")
+    if "OffsetOutOfRange" in text or "Some data may have been lost" in text:
+        return (f"{root[:600]}\nKafka no longer has offsets the checkpoint needs (retention expired or the "
+                "topic was recreated); failOnDataLoss=true stopped the query instead of skipping data")
+    return root[:1200]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``spark-submit pipelines/jobs/ingest.py --conf conf/local.yaml``."""
+    p = argparse.ArgumentParser(prog="ingest", description="Exactly-once Kafka -> Delta ingestion.")
+    p.add_argument("--conf", default="conf/local.yaml", help="environment config file (default: %(default)s)")
+    p.add_argument("--available-now", action="store_true", help="catch up with Kafka, then exit")
+    args = p.parse_args(argv)
+    from pipelines.session import build_session
+
+    cfg = load_config(args.conf)
+    spark = build_session(cfg)
+    summary = run_ingest(spark, cfg, available_now=args.available_now or None, install_signal_handlers=True)
+    print(json.dumps(summary.as_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The one SparkSession factory: base, Delta, connector jars, conf file, UTC (GUIDE habit 4).
+
+Precedence of Spark properties (later wins): built-in defaults below, ``spark.defaults_file``
+(``conf/spark-defaults.conf``), ``spark.conf`` in the YAML config, then ``extra`` passed by
+the caller (tests use it for a small, UI-less session).
+
+Under ``spark-submit`` the JVM already exists: pass the jars with ``--jars`` or
+``--packages`` (``python -m pipelines spark-args`` prints them) and this factory only adds
+SQL-level settings.
+
+Example:
+    >>> from pipelines.config import load_config
+    >>> spark = build_session(load_config("conf/local.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipelines.config import Config
+from pipelines.errors import ConfigError
+from pipelines.local import jars
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+BASE_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.extensions": DELTA_EXTENSION,
+    "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+    # A leftover txnVersion must never silently skip a later write in this session (GUIDE §1).
+    "spark.databricks.delta.write.txnVersion.autoReset.enabled": "true",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+def read_properties_file(path: Path) -> dict[str, str]:
+    """Parse a Spark ``spark-defaults.conf``: ``key value`` (or ``key=value``) per line, ``#`` comments."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1) if "=" not in line.split(None, 1)[0] else line.split("=", 1)
+        if len(parts) != 2 or not parts[1].strip():
+            raise ConfigError(f"{path}:{n}: expected 'key value', got {line!r}")
+        out[parts[0].strip()] = parts[1].strip()
+    return out
+
+
+def session_conf(cfg: Config, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """All Spark properties the session gets (pure: no JVM), useful for ``spark-submit --conf``."""
+    conf = dict(BASE_CONF)
+    defaults = Path(cfg.path(cfg.spark.defaults_file)) if cfg.spark.defaults_file else None
+    if defaults is not None:
+        if not defaults.exists():
+            raise ConfigError(f"spark.defaults_file {defaults} does not exist (from {', '.join(cfg.sources)})")
+        conf.update(read_properties_file(defaults))
+    conf.update(cfg.spark.conf)
+    if extra:
+        conf.update({k: str(v) for k, v in extra.items()})
+    # These are not negotiable: the exactly-once design assumes UTC and Delta.
+    conf["spark.sql.session.timeZone"] = "UTC"
+    conf["spark.sql.extensions"] = _with_delta_extension(conf.get("spark.sql.extensions", ""))
+    conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+    java_opts = ["-Duser.timezone=UTC"]
+    if cfg.spark.log4j_file:
+        log4j = Path(cfg.path(cfg.spark.log4j_file))
+        if not log4j.exists():
+            raise ConfigError(f"spark.log4j_file {log4j} does not exist (from {', '.join(cfg.sources)})")
+        java_opts.append(f"-Dlog4j2.configurationFile=file:{log4j}")
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        conf[key] = " ".join([conf[key], *java_opts] if conf.get(key) else java_opts)
+    if cfg.spark.use_local_jars:
+        local = [str(j) for j in jars.spark_jars(cfg.jars_dir)]
+        conf["spark.jars"] = ",".join([*filter(None, conf.get("spark.jars", "").split(",")), *local])
+    return conf
+
+
+def _with_delta_extension(value: str) -> str:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if DELTA_EXTENSION not in names:
+        names.append(DELTA_EXTENSION)
+    return ",".join(names)
+
+
+def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: str | None = None) -> SparkSession:
+    """Build (or reuse) the SparkSession for ``cfg``.
+
+    Args:
+        cfg: The loaded configuration.
+        extra: Spark properties that win over everything in ``cfg``.
+        master: Overrides ``spark.master`` (e.g. ``local[2]`` in tests).
+
+    Returns:
+        A SparkSession with Delta, the Kafka connector and UTC.
+
+    Raises:
+        DependencyError: Java or the jars are missing (with the command that fixes it).
+    """
+    jars.check_java()
+    from pyspark.sql import SparkSession
+
+    conf = session_conf(cfg, extra)
+    os.environ.setdefault("PYSPARK_PYTHON", _python())
+    builder = SparkSession.builder.appName(cfg.spark.app_name)
+    if not _inside_spark_submit():
+        builder = builder.master(master or cfg.spark.master)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def _inside_spark_submit() -> bool:
+    # spark-submit sets this for the Python driver it launches.
+    return "PYSPARK_GATEWAY_PORT" in os.environ or "SPARK_SUBMIT" in os.environ
+
+
+def spark_submit_args(cfg: Config) -> list[str]:
+    """``--jars``/``--conf`` arguments equivalent to :func:`build_session`, for ``spark-submit``."""
+    conf = session_conf(cfg)
+    args: list[str] = ["--master", cfg.spark.master]
+    jars_value = conf.pop("spark.jars", "")
+    if jars_value:
+        args += ["--jars", jars_value]
+    for key, value in conf.items():
+        args += ["--conf", f"{key}={value}"]
+    return args

@@ -1,0 +1,206 @@
+"""Reconciliation: the source topic (read again, from earliest) against the Delta tables.
+
+Checks, each reported with a count and a few samples:
+
+- bronze: every Kafka record exactly once (missing, duplicated, unexpected coordinates);
+- quarantine: every record that fails the contract is there, with reasons, exactly once;
+  nothing valid is there;
+- silver: every valid message_id exactly once (missing, duplicated, unexpected IDs), and the
+  kept row's payload equals the record at the coordinates it names (payload mismatch);
+- coverage: every record is accounted for (silver, a dropped duplicate of a silver ID, or
+  quarantine);
+- ledger (optional): the producer's acknowledged records agree with the tables: every valid
+  message_id in silver, every malformed record quarantined with the expected reason.
+
+Run it after the ingest job has caught up (``ingest --available-now``); records produced
+after the job's last batch show up as missing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.config import Config
+from pipelines.domain import schema as S
+from pipelines.domain import transforms as X
+from pipelines.domain.schema import EventSpec
+from pipelines.io.kafka_source import source_options
+from pipelines.io.tables import TablePaths
+
+SAMPLES = 5
+
+
+@dataclass
+class Check:
+    """One reconciliation check."""
+
+    name: str
+    count: int
+    samples: list[str] = field(default_factory=list)
+    informational: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """A check passes with a zero count (informational rows always pass)."""
+        return self.informational or self.count == 0
+
+
+@dataclass
+class VerifyReport:
+    """All checks plus headline numbers."""
+
+    checks: list[Check] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every check passes."""
+        return all(c.ok for c in self.checks)
+
+    def get(self, name: str) -> Check:
+        """The check called ``name``."""
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def table(self) -> str:
+        """A readable summary table."""
+        width = max(len(c.name) for c in self.checks) if self.checks else 10
+        lines = ["totals: " + ", ".join(f"{k}={v}" for k, v in self.totals.items()), ""]
+        lines.append(f"{'check'.ljust(width)}  {'count':>9}  result")
+        lines.append(f"{'-' * width}  {'-' * 9}  ------")
+        for c in self.checks:
+            result = "info" if c.informational else ("ok" if c.ok else "FAIL")
+            lines.append(f"{c.name.ljust(width)}  {c.count:>9}  {result}")
+            if not c.ok:
+                for s in c.samples:
+                    lines.append(f"{'':{width}}    e.g. {s}")
+        lines.append("")
+        lines.append("VERIFY: OK - nothing missing, nothing duplicated" if self.ok else "VERIFY: FAILED")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"ok": self.ok, "totals": self.totals,
+                "checks": [{"name": c.name, "count": c.count, "ok": c.ok, "samples": c.samples}
+                           for c in self.checks]}
+
+
+def _check(name: str, df: DataFrame, describe: list[str], informational: bool = False) -> Check:
+    rows = df.limit(SAMPLES).collect()
+    count = df.count() if rows else 0
+    samples = [", ".join(f"{c}={r[c]}" for c in describe) for r in rows]
+    return Check(name, count, samples, informational)
+
+
+def read_topic(spark: SparkSession, cfg: Config) -> DataFrame:
+    """Every record of the configured topics, earliest to latest (a batch read)."""
+    reader = spark.read.format("kafka")
+    for k, v in source_options(cfg, streaming=False).items():
+        reader = reader.option(k, v)
+    return reader.load()
+
+
+def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None = None) -> VerifyReport:
+    """Reconcile the topic with bronze, quarantine and silver (and optionally a producer ledger)."""
+    spec = EventSpec.from_config(cfg.events)
+    tables = TablePaths.from_config(cfg)
+    coords = list(S.COORDINATES)
+    topic = read_topic(spark, cfg).transform(X.parse_records(spec)).persist()
+    bronze = spark.read.format("delta").load(tables.bronze).select(*coords).persist()
+    quarantine = spark.read.format("delta").load(tables.quarantine).select(
+        *coords, S.REASON, S.REASON_CODES).persist()
+    silver = spark.read.format("delta").load(tables.silver).select(
+        S.MESSAGE_ID, S.PAYLOAD, *coords).persist()
+    report = VerifyReport()
+    try:
+        valid = topic.filter(F.size(S.REASON_CODES) == 0)
+        invalid = topic.filter(F.size(S.REASON_CODES) > 0)
+        valid_ids = valid.select(S.MESSAGE_ID).distinct()
+        report.totals = {
+            "topic_records": topic.count(),
+            "valid_records": valid.count(),
+            "valid_unique_ids": valid_ids.count(),
+            "invalid_records": invalid.count(),
+            "bronze_rows": bronze.count(),
+            "quarantine_rows": quarantine.count(),
+            "silver_rows": silver.count(),
+        }
+        c = report.checks
+        # bronze
+        c.append(_check("bronze: missing records", topic.select(*coords).join(bronze, coords, "left_anti"), coords))
+        c.append(_check("bronze: duplicated records",
+                        bronze.groupBy(*coords).count().filter("count > 1"), [*coords, "count"]))
+        c.append(_check("bronze: unexpected records", bronze.join(topic.select(*coords), coords, "left_anti"),
+                        coords))
+        # quarantine
+        c.append(_check("quarantine: invalid records not quarantined",
+                        invalid.select(*coords, S.REASON).join(quarantine.select(*coords), coords, "left_anti"),
+                        [*coords, S.REASON]))
+        c.append(_check("quarantine: duplicated records",
+                        quarantine.groupBy(*coords).count().filter("count > 1"), [*coords, "count"]))
+        c.append(_check("quarantine: valid records quarantined",
+                        quarantine.join(valid.select(*coords), coords, "left_semi"), [*coords, S.REASON]))
+        c.append(_check("quarantine: rows without a reason",
+                        quarantine.filter((F.size(S.REASON_CODES) == 0) | F.col(S.REASON).isNull()), coords))
+        # silver
+        c.append(_check("silver: missing message_ids",
+                        valid_ids.join(silver.select(S.MESSAGE_ID), S.MESSAGE_ID, "left_anti"), [S.MESSAGE_ID]))
+        c.append(_check("silver: duplicated message_ids",
+                        silver.groupBy(S.MESSAGE_ID).count().filter("count > 1"), [S.MESSAGE_ID, "count"]))
+        c.append(_check("silver: unexpected message_ids",
+                        silver.select(S.MESSAGE_ID).join(valid_ids, S.MESSAGE_ID, "left_anti"), [S.MESSAGE_ID]))
+        src = valid.select(*coords, F.col(S.MESSAGE_ID).alias("src_id"), F.col(S.PAYLOAD).alias("src_payload"))
+        mismatch = silver.join(src, coords, "left").filter(
+            F.col("src_id").isNull() | (F.col("src_id") != F.col(S.MESSAGE_ID))
+            | (F.col("src_payload") != F.col(S.PAYLOAD)))
+        c.append(_check("silver: payload mismatches", mismatch, [S.MESSAGE_ID, *coords]))
+        # coverage: every record ends up somewhere
+        unaccounted = (topic.select(*coords, S.MESSAGE_ID, S.REASON_CODES)
+                       .join(quarantine.select(*coords, F.lit(True).alias("_q")), coords, "left")
+                       .join(silver.select(S.MESSAGE_ID, F.lit(True).alias("_s")), S.MESSAGE_ID, "left")
+                       .filter(F.col("_q").isNull() & (F.col("_s").isNull() | (F.size(S.REASON_CODES) > 0))))
+        c.append(_check("coverage: records in neither silver nor quarantine", unaccounted, coords))
+        dropped = topic.count() - report.totals["silver_rows"] - report.totals["quarantine_rows"]
+        c.append(Check("info: duplicate copies dropped", max(dropped, 0), informational=True))
+        if ledger_files:
+            _ledger_checks(spark, report, ledger_files, silver, quarantine)
+    finally:
+        for df in (topic, bronze, quarantine, silver):
+            df.unpersist()
+    return report
+
+
+def _ledger_checks(spark: SparkSession, report: VerifyReport, files: list[Path],
+                   silver: DataFrame, quarantine: DataFrame) -> None:
+    rows = []
+    for f in files:
+        with open(f) as fh:
+            rows.extend(json.loads(line) for line in fh if line.strip())
+    report.totals["ledger_records"] = len(rows)
+    if not rows:
+        report.checks.append(Check("ledger: no records in ledger files", 1, [str(f) for f in files[:SAMPLES]]))
+        return
+    led = spark.createDataFrame(
+        [(r["topic"], r["partition"], r["offset"], r["kind"], r["message_id"], r["expected_reason"]) for r in rows],
+        "kafka_topic string, kafka_partition int, kafka_offset long, kind string, message_id string, "
+        "expected_reason string",
+    )
+    good = led.filter(F.col("expected_reason").isNull())
+    bad = led.filter(F.col("expected_reason").isNotNull())
+    ids = good.select(S.MESSAGE_ID).distinct()
+    report.checks.append(_check("ledger: acknowledged message_ids missing from silver",
+                                ids.join(silver.select(S.MESSAGE_ID), S.MESSAGE_ID, "left_anti"), [S.MESSAGE_ID]))
+    report.checks.append(_check(
+        "ledger: malformed records not quarantined with the expected reason",
+        bad.join(quarantine, list(S.COORDINATES), "left")
+        .filter(F.col(S.REASON).isNull()
+                | ~F.exists(S.REASON_CODES, lambda code: F.split(code, ":")[0] == F.col("expected_reason"))),
+        [*S.COORDINATES, "kind", "expected_reason", S.REASON]))
