@@ -201,20 +201,21 @@ class Config:
         """Absolute folder of provisioned jars."""
         return Path(self.path(self.app.jars_dir))
 
+    def under_data_dir(self, *parts: str) -> str:
+        """``<data_dir>/<parts...>``, for local folders and URIs (``s3a://bucket/x``) alike."""
+        last = parts[-1]
+        if "://" in last or last.startswith("/"):
+            return last
+        return "/".join([self.data_dir.rstrip("/"), *parts])
+
     def table_path(self, name: str) -> str:
         """Location of the Delta table ``name`` (one of bronze, silver, quarantine, audit)."""
-        value = getattr(self.tables, name)
-        if "://" in value or value.startswith("/"):
-            return str(value)
-        return str(Path(self.data_dir) / paths.TABLES_SUBDIR / value)
+        return self.under_data_dir(paths.TABLES_SUBDIR, str(getattr(self.tables, name)))
 
     @property
     def checkpoint_path(self) -> str:
         """The ingest query's checkpoint location."""
-        value = self.ingest.checkpoint
-        if "://" in value or value.startswith("/"):
-            return value
-        return str(Path(self.data_dir) / paths.CHECKPOINTS_SUBDIR / value)
+        return self.under_data_dir(paths.CHECKPOINTS_SUBDIR, self.ingest.checkpoint)
 
     def kafka_options(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """``kafka.options`` with ``${env:NAME}`` references replaced from the environment."""

@@ -26,7 +26,7 @@ SETUP_HINT = "run `make setup` (or `python -m pipelines jars`) to resolve them f
 _STAMP = ".provisioned"
 # Spark ships jcl-over-slf4j, which provides the same classes as commons-logging.
 _ALSO_PROVIDED_BY_SPARK = {"commons-logging"}
-_VERSIONED_JAR = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d[^-]*(?:-[^-]+)*)\.jar$")
+_VERSIONED_JAR = re.compile(r"^(?P<artifact>.+?)-(?P<version>\d+(?:\.\d+)+[^-]*(?:-[\w.]+)?)\.jar$")
 
 
 def java_executable() -> str:

@@ -114,7 +114,7 @@ def _event(rng: random.Random, message_id: str, now: dt.datetime, late: bool) ->
         "event_type": rng.choice(EVENT_TYPES),
         "order_id": f"o-{rng.randint(1, 10**7):08d}",
         "customer_id": f"c-{rng.randint(1, 10**5):06d}",
-        "amount": Decimal(cents) / 100,
+        "amount": (Decimal(cents) / 100).quantize(Decimal("0.01")),
         "currency": rng.choice(CURRENCIES),
         "event_time": _iso(when, rng),
     }
@@ -227,7 +227,7 @@ def plan_records(
             ev, part, value = recent[rng.randrange(len(recent))]
             kind = DUPLICATE
             if rng.random() < conflicting_fraction:
-                ev = dict(ev, amount=Decimal(rng.randint(1, 99_999_99)) / 100)
+                ev = dict(ev, amount=(Decimal(rng.randint(1, 99_999_99)) / 100).quantize(Decimal("0.01")))
                 value = encode(ev)
                 kind = CONFLICT
             if partitions > 1 and rng.random() < cross_partition_fraction:
@@ -282,6 +282,7 @@ def produce(
         "compression.type": "lz4",
         "message.timeout.ms": int(timeout_s * 1000),
         "queue.buffering.max.messages": 200_000,
+        "log_level": 3,  # errors only: transient "coordinator load in progress" retries are not news
     })
     stats = ProduceStats(topic=topic, ledger=str(ledger_path) if ledger_path else None)
     errors: list[str] = []

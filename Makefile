@@ -1,0 +1,63 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+JARS_STAMP := .local/jars/.provisioned
+CONF ?= conf/local.yaml
+EVENTS ?= 100000
+
+.PHONY: help setup jars run demo test test-unit check kafka-up kafka-down kafka-status clean distclean
+
+help:
+	@echo "make run        set up, start the local Kafka broker, produce a demo stream, ingest, verify"
+	@echo "make test       set up, then run the whole test suite (real Spark, Delta and Kafka)"
+	@echo "make setup      venv + pinned Python packages + jars from Maven Central (idempotent)"
+	@echo "make check      ruff (with docstring rules) and mypy"
+	@echo "make kafka-up | kafka-down | kafka-status    the embedded broker (127.0.0.1)"
+	@echo "make clean      stop the broker; delete local data, checkpoints, broker data"
+	@echo "make distclean  clean + delete the venv and jars"
+
+$(INSTALLED): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required, found {sys.version.split()[0]}: set PYTHON=/path/to/python3.11"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(INSTALLED) jars
+
+jars: $(INSTALLED)
+	$(PY) -m pipelines --conf $(CONF) jars
+
+run: setup
+	$(PY) -m pipelines --conf $(CONF) demo --events $(EVENTS)
+
+demo: run
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+check: $(INSTALLED)
+	$(PY) -m ruff check pipelines tests
+	$(PY) -m mypy pipelines
+
+kafka-up: setup
+	$(PY) -m pipelines --conf $(CONF) kafka up
+
+kafka-down: $(INSTALLED)
+	$(PY) -m pipelines --conf $(CONF) kafka down
+
+kafka-status: $(INSTALLED)
+	$(PY) -m pipelines --conf $(CONF) kafka status
+
+clean:
+	-test -x $(PY) && $(PY) -m pipelines --conf $(CONF) kafka down --wipe
+	rm -rf .local/data spark-warehouse metastore_db derby.log .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) .local
