@@ -36,8 +36,8 @@ run: setup
 
 demo: run
 
-test: setup
-	$(PY) -m pytest -q tests
+test: setup check
+	$(PY) -m pytest -q --timeout=900 tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

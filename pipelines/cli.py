@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipelines import paths
 from pipelines.config import Config, load_config
@@ -166,7 +167,7 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(cfg: Config, spark, ledger: bool):  # type: ignore[no-untyped-def]
+def _verify(cfg: Config, spark: Any, ledger: bool) -> Any:
     from pipelines.tools.verify import verify
 
     files: list[Path] = []

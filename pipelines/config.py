@@ -17,6 +17,7 @@ Example:
     >>> cfg = load_config("conf/local.yaml")  # doctest: +SKIP
     >>> cfg.kafka.bootstrap_servers  # doctest: +SKIP
     '127.0.0.1:9092'
+
 """
 
 from __future__ import annotations
@@ -277,6 +278,7 @@ def load_config(
     Raises:
         ConfigError: On a missing file, invalid YAML, an unknown key or a wrongly typed value;
             the message names the key and where it came from.
+
     """
     env = os.environ if environ is None else environ
     files: list[Path] = []
@@ -405,7 +407,7 @@ def _coerce(tp: Any, value: Any, origins: Mapping[tuple[str, ...], str], path: t
             raise bad("one of " + ", ".join(repr(a) for a in args))
         return value
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, origins, path)
+        return _build(typing.cast(type, tp), value, origins, path)
     if origin is tuple:
         if isinstance(value, str) and args[0] is str:
             value = [value]

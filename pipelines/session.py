@@ -11,6 +11,7 @@ SQL-level settings.
 Example:
     >>> from pipelines.config import load_config
     >>> spark = build_session(load_config("conf/local.yaml"))  # doctest: +SKIP
+
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: s
 
     Raises:
         DependencyError: Java or the jars are missing (with the command that fixes it).
+
     """
     jars.check_java()
     from pyspark.sql import SparkSession

@@ -70,8 +70,10 @@ SIMPLE_TYPES: dict[str, T.DataType] = {
 
 
 def spark_type(type_name: str) -> T.DataType:
-    """The Spark type of a field type name (``string``, ``long``, ``double``, ``boolean``,
-    ``timestamp`` or ``decimal(p,s)``)."""
+    """The Spark type of a field type name.
+
+    Names: ``string``, ``long``, ``double``, ``boolean``, ``timestamp`` or ``decimal(p,s)``.
+    """
     name = type_name.strip().lower()
     if name in SIMPLE_TYPES:
         return SIMPLE_TYPES[name]

@@ -64,6 +64,7 @@ def ensure_tables(spark: SparkSession, tables: TablePaths, spec: EventSpec) -> N
 
     Raises:
         PipelineError: an existing table's columns differ from what the config declares.
+
     """
     from delta.tables import DeltaTable
 

@@ -63,6 +63,7 @@ def merge_insert_if_absent(
     Returns:
         Rows inserted, or None if Delta skipped the write because this (app id, version)
         was already committed to the table.
+
     """
     from delta.tables import DeltaTable
 
@@ -95,7 +96,8 @@ def table_version(spark: SparkSession, path: str) -> int:
     """
     try:
         jvm = spark.sparkContext._jvm
-        log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore
+        assert jvm is not None
+        log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
         return int(log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty()).version())
     except Exception:
         from delta.tables import DeltaTable

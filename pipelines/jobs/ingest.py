@@ -45,7 +45,7 @@ from pipelines.domain.schema import EventSpec
 from pipelines.errors import PipelineError
 from pipelines.io import writers
 from pipelines.io.kafka_source import source_options
-from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
+from pipelines.io.tables import BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
 
 
 @dataclass
@@ -105,6 +105,7 @@ class IngestJob:
         checkpoint: Checkpoint location (its query id completes the app id).
         app_id: Fixed app id (tests and backfills); otherwise derived from the checkpoint.
         out: Where progress lines go (None: silent).
+
     """
 
     def __init__(
@@ -149,6 +150,10 @@ class IngestJob:
         if self._jvm_pid is None:
             self._jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())  # type: ignore
         faults.inject(point, batch_id, self._jvm_pid)
+
+    def foreach_batch(self, batch_df: DataFrame, batch_id: int) -> None:
+        """The function handed to ``writeStream.foreachBatch``."""
+        self.process_batch(batch_df, batch_id)
 
     def process_batch(self, batch_df: DataFrame, batch_id: int) -> BatchResult:
         """Parse, validate, dedupe and write one micro-batch; idempotent per ``batch_id``."""
@@ -286,6 +291,7 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
         cfg: The configuration.
         available_now: Catch up with what is in Kafka now, then stop (default: ``ingest.trigger``).
         job: The batch function's owner (default: :meth:`IngestJob.from_config`).
+
     """
     job = job or IngestJob.from_config(cfg)
     ensure_tables(spark, job.tables, job.spec)
@@ -294,7 +300,7 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
     writer = (
         kafka_stream(spark, cfg).writeStream.queryName(cfg.ingest.query_name)
         .option("checkpointLocation", cfg.checkpoint_path)
-        .foreachBatch(job.process_batch)
+        .foreachBatch(job.foreach_batch)
     )
     writer = writer.trigger(availableNow=True) if available_now else writer.trigger(
         processingTime=cfg.ingest.trigger_interval)
@@ -333,7 +339,7 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
     stop_event = stop_event or threading.Event()
     job = IngestJob.from_config(cfg)
     summary = IngestSummary()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if install_signal_handlers:
         def handler(signum: int, _frame: Any) -> None:
             print(f"[ingest] got {signal.Signals(signum).name}: finishing the current batch, then stopping",
@@ -400,7 +406,7 @@ def _await(query: StreamingQuery, stop_event: threading.Event, grace_s: float,
                     time.sleep(0.2)
                 query.stop()
                 break
-            query.awaitTermination(0.5)
+            query.awaitTermination(1)
         return query.exception()
     except Exception as e:  # StreamingQueryException from awaitTermination
         return e

@@ -142,6 +142,7 @@ def provision(jars_dir: Path, *, force: bool = False, quiet: bool = True) -> lis
 
     Returns:
         The jars now in the Spark folder.
+
     """
     check_java()
     if not force and is_provisioned(jars_dir):

@@ -10,6 +10,7 @@ Example:
     >>> broker.start()  # doctest: +SKIP
     >>> broker.bootstrap_servers  # doctest: +SKIP
     '127.0.0.1:9092'
+
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.errors import BrokerError
 from pipelines.local import jars
+
+if TYPE_CHECKING:
+    from pipelines.config import Config
 
 HOST = "127.0.0.1"
 PID_FILE = "broker.pid"
@@ -126,7 +131,7 @@ class LocalKafka:
         self.default_partitions = default_partitions
 
     @classmethod
-    def from_config(cls, cfg) -> LocalKafka:  # type: ignore[no-untyped-def]
+    def from_config(cls, cfg: Config) -> LocalKafka:
         """Build from a :class:`pipelines.config.Config`."""
         lk = cfg.local_kafka
         return cls(
@@ -193,7 +198,7 @@ class LocalKafka:
         return len(md.brokers) >= 1
 
     def status(self) -> BrokerStatus:
-        """Running? Answering? Where?"""
+        """Whether it runs, whether it answers, and where."""
         pid = self.pid()
         return BrokerStatus(
             running=pid is not None,
@@ -288,6 +293,7 @@ class LocalKafka:
         Raises:
             BrokerError: Already running, port taken, or the broker died/timed out (with its log tail).
             DependencyError: Java missing/too old or broker jars missing.
+
         """
         running = self.pid()
         if running is not None:

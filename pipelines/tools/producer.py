@@ -267,6 +267,7 @@ def produce(
 
     Raises:
         BrokerError: The broker is unreachable or a record could not be delivered.
+
     """
     from confluent_kafka import KafkaError, Producer
     from tqdm import tqdm

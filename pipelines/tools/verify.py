@@ -180,7 +180,7 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
 
 def _ledger_checks(spark: SparkSession, report: VerifyReport, files: list[Path],
                    silver: DataFrame, quarantine: DataFrame) -> None:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f in files:
         with open(f) as fh:
             rows.extend(json.loads(line) for line in fh if line.strip())
