@@ -8,6 +8,7 @@ Commands:
     verify        reconcile the topic with the tables; exit 1 on any discrepancy
     demo          what `make run` does: broker, produce, ingest, verify, summary
     spark-args    print spark-submit arguments (--jars/--conf) equivalent to the session factory
+    submit        run a job file with spark-submit, e.g. `submit pipelines/jobs/ingest.py --available-now`
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--fresh", action="store_true", help="delete tables, checkpoint, ledger and topic data first")
 
     sub.add_parser("spark-args", help="print spark-submit arguments equivalent to the session factory")
+
+    sm = sub.add_parser("submit", help="run a job file with spark-submit, local jars and this config")
+    sm.add_argument("job", help="e.g. pipelines/jobs/ingest.py")
+    sm.add_argument("job_args", nargs=argparse.REMAINDER, help="arguments for the job (the --conf is added)")
     return p
 
 
@@ -252,9 +257,32 @@ def cmd_spark_args(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def submit_command(cfg: Config, job: str, job_args: Sequence[str], conf_file: str) -> list[str]:
+    """The ``spark-submit`` command line for ``job`` (pyspark's own spark-submit, this config's jars)."""
+    import pyspark
+
+    from pipelines.session import spark_submit_args
+
+    spark_submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
+    args = list(job_args)
+    if "--conf" not in args:
+        args = ["--conf", conf_file, *args]
+    return [spark_submit, *spark_submit_args(cfg), job, *args]
+
+
+def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
+    """``submit``: exec spark-submit (the driver's Python is this interpreter)."""
+    import os
+
+    cmd = submit_command(cfg, args.job, args.job_args, args.conf or _default_conf())
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
+
+
 COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
-    "verify": cmd_verify, "demo": cmd_demo, "spark-args": cmd_spark_args,
+    "verify": cmd_verify, "demo": cmd_demo, "spark-args": cmd_spark_args, "submit": cmd_submit,
 }
 
 

@@ -18,7 +18,6 @@ after the job's last batch show up as missing.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,19 +179,16 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
 
 def _ledger_checks(spark: SparkSession, report: VerifyReport, files: list[Path],
                    silver: DataFrame, quarantine: DataFrame) -> None:
-    rows: list[dict[str, Any]] = []
-    for f in files:
-        with open(f) as fh:
-            rows.extend(json.loads(line) for line in fh if line.strip())
-    report.totals["ledger_records"] = len(rows)
-    if not rows:
+    led = spark.read.schema(
+        "topic string, partition int, offset long, kind string, message_id string, expected_reason string"
+    ).json([str(f) for f in files]).select(
+        F.col("topic").alias(S.KAFKA_TOPIC), F.col("partition").alias(S.KAFKA_PARTITION),
+        F.col("offset").alias(S.KAFKA_OFFSET), "kind", S.MESSAGE_ID, "expected_reason",
+    )
+    report.totals["ledger_records"] = led.count()
+    if report.totals["ledger_records"] == 0:
         report.checks.append(Check("ledger: no records in ledger files", 1, [str(f) for f in files[:SAMPLES]]))
         return
-    led = spark.createDataFrame(
-        [(r["topic"], r["partition"], r["offset"], r["kind"], r["message_id"], r["expected_reason"]) for r in rows],
-        "kafka_topic string, kafka_partition int, kafka_offset long, kind string, message_id string, "
-        "expected_reason string",
-    )
     good = led.filter(F.col("expected_reason").isNull())
     bad = led.filter(F.col("expected_reason").isNotNull())
     ids = good.select(S.MESSAGE_ID).distinct()
