@@ -36,6 +36,17 @@ _ZONE_SUFFIX = r"(?i)(z|[+-]\d{2}(:?\d{2})?)$"
 _ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
 
 
+_KAFKA_RENAMES = (
+    (S.SRC_TOPIC, S.KAFKA_TOPIC), (S.SRC_PARTITION, S.KAFKA_PARTITION), (S.SRC_OFFSET, S.KAFKA_OFFSET),
+    (S.SRC_TIMESTAMP, S.KAFKA_TIMESTAMP), (S.SRC_KEY, S.KAFKA_KEY), (S.SRC_VALUE, S.KAFKA_VALUE),
+)
+
+
+def kafka_columns() -> list[Column]:
+    """Spark's Kafka source columns under our names (``topic`` -> ``kafka_topic``, ...)."""
+    return [F.col(src).alias(dst) for src, dst in _KAFKA_RENAMES]
+
+
 def _path(name: str) -> str:
     return "$['" + name.replace("'", "\\'") + "']"
 
@@ -194,12 +205,7 @@ def parse_records(spec: EventSpec) -> Transform:
             typed[f.name] = col
             checks += [F.when(is_object, c) for c in fchecks]
         base = df.select(
-            F.col(S.SRC_TOPIC).alias(S.KAFKA_TOPIC),
-            F.col(S.SRC_PARTITION).alias(S.KAFKA_PARTITION),
-            F.col(S.SRC_OFFSET).alias(S.KAFKA_OFFSET),
-            F.col(S.SRC_TIMESTAMP).alias(S.KAFKA_TIMESTAMP),
-            F.col(S.SRC_KEY).alias(S.KAFKA_KEY),
-            F.col(S.SRC_VALUE).alias(S.KAFKA_VALUE),
+            *kafka_columns(),
             *([F.col(S.SRC_HEADERS)] if S.SRC_HEADERS in df.columns else []),
             F.col(S.SRC_VALUE).cast("string").alias(_TEXT),
         )
@@ -289,12 +295,7 @@ def to_bronze(df: DataFrame) -> DataFrame:
     """Kafka source rows (with lineage) -> bronze columns."""
     headers = F.col(S.SRC_HEADERS) if S.SRC_HEADERS in df.columns else F.lit(None).cast(S.HEADERS_TYPE)
     return df.select(
-        F.col(S.SRC_TOPIC).alias(S.KAFKA_TOPIC),
-        F.col(S.SRC_PARTITION).alias(S.KAFKA_PARTITION),
-        F.col(S.SRC_OFFSET).alias(S.KAFKA_OFFSET),
-        F.col(S.SRC_TIMESTAMP).alias(S.KAFKA_TIMESTAMP),
-        F.col(S.SRC_KEY).alias(S.KAFKA_KEY),
-        F.col(S.SRC_VALUE).alias(S.KAFKA_VALUE),
+        *kafka_columns(),
         headers.cast(S.HEADERS_TYPE).alias(S.KAFKA_HEADERS),
         S.BATCH_ID, S.APP_ID, S.INGESTED_AT,
     )

@@ -401,15 +401,32 @@ def _await(query: StreamingQuery, stop_event: threading.Event, grace_s: float,
         while query.isActive:
             if stop_event.is_set():
                 summary.stopped_by_signal = True
-                deadline = time.monotonic() + grace_s
-                while query.status.get("isTriggerActive") and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                query.stop()
+                _stop_after_current_batch(query, grace_s)
                 break
             query.awaitTermination(1)
         return query.exception()
     except Exception as e:  # StreamingQueryException from awaitTermination
         return e
+
+
+def _last_batch_id(query: StreamingQuery) -> int:
+    progress = query.lastProgress
+    return int(progress["batchId"]) if progress else -1
+
+
+def _stop_after_current_batch(query: StreamingQuery, grace_s: float) -> None:
+    """Let the batch in flight commit (its progress is reported after the commit), then stop.
+
+    A batch that starts in the instant between that commit and ``stop()`` is interrupted before
+    its checkpoint commit: the next start re-runs it, idempotently.
+    """
+    done = _last_batch_id(query)
+    deadline = time.monotonic() + grace_s
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        if _last_batch_id(query) > done:
+            break
+        time.sleep(0.1)
+    query.stop()
 
 
 def explain_stream_error(text: str) -> str:
