@@ -8,13 +8,14 @@ JARS_STAMP := .local/jars/.provisioned
 CONF ?= conf/local.yaml
 EVENTS ?= 100000
 
-.PHONY: help setup jars run demo test test-unit check kafka-up kafka-down kafka-status clean distclean
+.PHONY: help setup jars run demo test test-unit check chaos chaos-quick kafka-up kafka-down kafka-status clean distclean
 
 help:
 	@echo "make run        set up, start the local Kafka broker, produce a demo stream, ingest, verify"
 	@echo "make test       set up, then run the whole test suite (real Spark, Delta and Kafka)"
 	@echo "make setup      venv + pinned Python packages + jars from Maven Central (idempotent)"
 	@echo "make check      ruff (with docstring rules) and mypy"
+	@echo "make chaos      long fault-injection run (kill -9, broker restarts); make chaos-quick: a bounded one"
 	@echo "make kafka-up | kafka-down | kafka-status    the embedded broker (127.0.0.1)"
 	@echo "make clean      stop the broker; delete local data, checkpoints, broker data"
 	@echo "make distclean  clean + delete the venv and jars"
@@ -41,6 +42,15 @@ test: setup check
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
+
+# The long fault-injection run (>= 50 kills, 5 broker restarts, 1,000,000 events); result committed under bench/results/.
+chaos: setup
+	$(PY) -m pipelines --conf $(CONF) chaos --rounds 50 --events 1000000 --broker-restarts 5 --seed 1 \
+	    --result-file bench/results/chaos-latest.md
+
+# A bounded run (5 rounds, 1 broker restart, 8,000 events; a few minutes).
+chaos-quick: setup
+	$(PY) -m pipelines --conf $(CONF) chaos --rounds 5 --events 8000 --broker-restarts 1 --seed 3
 
 check: $(INSTALLED)
 	$(PY) -m ruff check pipelines tests

@@ -73,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--events", type=int, help="default: producer.events")
     d.add_argument("--fresh", action="store_true", help="delete tables, checkpoint, ledger and topic data first")
 
+    ch = sub.add_parser("chaos", help="fault-injection run: kill -9 the job anywhere, restart the broker, verify")
+    ch.add_argument("--rounds", type=int, default=5)
+    ch.add_argument("--events", type=int, default=20000)
+    ch.add_argument("--broker-restarts", type=int, default=1)
+    ch.add_argument("--seed", type=int, default=1)
+    ch.add_argument("--no-checkpoint-reset", action="store_true")
+    ch.add_argument("--actions", help="comma-separated schedule instead of the seeded one, "
+                    "e.g. fault:after_silver_commit,kill,broker-kill")
+    ch.add_argument("--unsafe-silver-append", action="store_true",
+                    help="break exactly-once on purpose (silver as a plain append): the run must FAIL")
+    ch.add_argument("--result-file", help="also write the result table (markdown) here")
+
     sub.add_parser("spark-args", help="print spark-submit arguments equivalent to the session factory")
 
     sm = sub.add_parser("submit", help="run a job file with spark-submit, local jars and this config")
@@ -247,6 +259,44 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
+    """``chaos``: a seeded fault-injection run on its own broker, topic and data folder."""
+    import tempfile
+
+    from pipelines.io.writers import UNSAFE_SILVER_APPEND_ENV
+    from pipelines.local import jars
+    from pipelines.local.kafka import LocalKafka, free_port
+    from pipelines.tools.chaos import run_chaos
+
+    jars.provision(cfg.jars_dir)
+    work = Path(tempfile.mkdtemp(prefix="chaos-", dir=cfg.data_dir if Path(cfg.data_dir).exists() else None))
+    broker = LocalKafka(work / "kafka", port=free_port(), controller_port=free_port(), jars_dir=cfg.jars_dir,
+                        heap=cfg.local_kafka.heap)
+    broker.start()
+    run_cfg = cfg.with_overrides(app={"data_dir": str(work / "data")}, producer={"topic": "chaos"},
+                                 kafka={"bootstrap_servers": broker.bootstrap_servers,
+                                        "max_offsets_per_trigger": cfg.kafka.max_offsets_per_trigger or 5000})
+    extra = {UNSAFE_SILVER_APPEND_ENV: "1"} if args.unsafe_silver_append else {}
+    try:
+        report = run_chaos(run_cfg, args.conf or _default_conf(), broker, rounds=args.rounds, events=args.events,
+                           seed=args.seed, broker_restarts=args.broker_restarts,
+                           checkpoint_reset=not args.no_checkpoint_reset, work_dir=work, extra_env=extra,
+                           actions=args.actions.split(",") if args.actions else None)
+    finally:
+        broker.stop()
+    print(report.table())
+    if args.result_file:
+        import subprocess
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=paths.REPO_ROOT).stdout.strip()
+        Path(args.result_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.result_file).write_text(f"# chaos run\n\ncommit {commit}, {time.strftime('%Y-%m-%d %H:%M')}, "
+                                          f"seed {args.seed}\n\n```\n{report.table()}\n```\n")
+    print(f"work folder (logs, tables): {work}")
+    return 0 if report.ok else 1
+
+
 def cmd_spark_args(cfg: Config, args: argparse.Namespace) -> int:
     """``spark-args``."""
     import shlex
@@ -282,7 +332,7 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
-    "verify": cmd_verify, "demo": cmd_demo, "spark-args": cmd_spark_args, "submit": cmd_submit,
+    "verify": cmd_verify, "demo": cmd_demo, "spark-args": cmd_spark_args, "submit": cmd_submit, "chaos": cmd_chaos,
 }
 
 

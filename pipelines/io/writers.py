@@ -16,8 +16,10 @@ from pyspark.sql import DataFrame, SparkSession
 
 TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION = "spark.databricks.delta.write.txnVersion"
-# Test-only switch used to prove the harness catches duplicates: never set it in production.
+# Test-only switches that break exactly-once on purpose, to prove the chaos harness catches
+# duplicates. Never set them in production.
 UNSAFE_NO_TXN_ENV = "PIPELINES_UNSAFE_DISABLE_TXN"
+UNSAFE_SILVER_APPEND_ENV = "PIPELINES_UNSAFE_SILVER_APPEND"
 
 
 def txn_enabled() -> bool:

@@ -213,9 +213,13 @@ class IngestJob:
             res.duplicates_in_batch, res.conflicting_in_batch = int(d["duplicates"]), int(d["conflicting"])
             kept = res.valid_rows - res.duplicates_in_batch
             t = lap("dedupe", t)
-            res.silver_inserted = writers.merge_insert_if_absent(
-                annotated.transform(X.first_copies).transform(lineage).transform(X.to_silver(self.spec)),
-                self.tables.silver, [S.MESSAGE_ID], app_id=app_id, version=batch_id)
+            silver_rows = annotated.transform(X.first_copies).transform(lineage).transform(X.to_silver(self.spec))
+            if os.environ.get(writers.UNSAFE_SILVER_APPEND_ENV) == "1":  # deliberately broken (tests only)
+                silver_rows.write.format("delta").mode("append").save(self.tables.silver)
+                res.silver_inserted = kept
+            else:
+                res.silver_inserted = writers.merge_insert_if_absent(
+                    silver_rows, self.tables.silver, [S.MESSAGE_ID], app_id=app_id, version=batch_id)
             if res.silver_inserted is None:  # replay of a committed batch: report what that commit did
                 res.replayed = True
                 res.silver_inserted = (spark.read.format("delta").load(self.tables.silver)

@@ -262,6 +262,7 @@ def produce(
     progress: bool = True,
     timeout_s: float = 600.0,
     on_progress: Callable[[int], None] | None = None,
+    log_level: int = 3,
 ) -> ProduceStats:
     """Send ``n`` records to ``topic`` and return what the broker acknowledged.
 
@@ -283,7 +284,8 @@ def produce(
         "compression.type": "lz4",
         "message.timeout.ms": int(timeout_s * 1000),
         "queue.buffering.max.messages": 200_000,
-        "log_level": 3,  # errors only: transient "coordinator load in progress" retries are not news
+        # 3 = errors only: transient "coordinator load in progress" retries are not news.
+        "log_level": log_level,
     })
     stats = ProduceStats(topic=topic, ledger=str(ledger_path) if ledger_path else None)
     errors: list[str] = []

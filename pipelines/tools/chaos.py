@@ -1,0 +1,206 @@
+"""Fault-injection harness: kill the ingest driver anywhere, restart the broker, reset the checkpoint.
+
+The ingest job runs as a separate process (``python -m pipelines ingest``, which starts its own
+Spark driver JVM) while a producer thread keeps sending events with duplicates and malformed
+records. Each round does one seeded action, then starts the job again as an operator would:
+
+- ``kill``: SIGKILL the driver's process group at a random moment;
+- ``fault:<point>``: start the job with ``PIPELINES_FAULT_POINT=<point>`` so it SIGKILLs itself
+  at that point of a batch (after bronze, after quarantine, after silver, after audit);
+- ``broker-kill`` / ``broker-restart``: SIGKILL or cleanly restart the Kafka broker while the job runs;
+- ``checkpoint-reset``: once, delete the checkpoint and restart from earliest.
+
+At the end the producer is stopped, the job catches up (``--available-now``), and ``verify
+--ledger`` reconciles everything. The schedule depends only on ``seed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines import faults, paths
+from pipelines.config import Config
+from pipelines.local.kafka import LocalKafka
+
+KILL, BROKER_KILL, BROKER_RESTART, CHECKPOINT_RESET = "kill", "broker-kill", "broker-restart", "checkpoint-reset"
+
+
+@dataclass
+class ChaosReport:
+    """The result table of a chaos run."""
+
+    rounds: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    produced: dict = field(default_factory=dict)
+    verify: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when verify found nothing missing or duplicated."""
+        return bool(self.verify.get("ok"))
+
+    def table(self) -> str:
+        """A readable summary."""
+        totals = self.verify.get("totals", {})
+        checks = {c["name"]: c["count"] for c in self.verify.get("checks", [])}
+        rows = [
+            ("rounds", self.rounds),
+            *[(f"actions: {k}", v) for k, v in sorted(self.actions.items())],
+            ("events produced", self.produced.get("sent", 0)),
+            ("duplicates injected", self.produced.get("duplicates", 0)),
+            ("malformed injected", self.produced.get("malformed_total", 0)),
+            ("silver rows", totals.get("silver_rows", 0)),
+            ("missing (silver)", checks.get("silver: missing message_ids", "?")),
+            ("duplicated (silver)", checks.get("silver: duplicated message_ids", "?")),
+            ("missing (bronze)", checks.get("bronze: missing records", "?")),
+            ("duplicated (bronze)", checks.get("bronze: duplicated records", "?")),
+            ("seconds", round(self.seconds)),
+            ("result", "PASS" if self.ok else "FAIL"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def schedule(rounds: int, seed: int, broker_restarts: int, checkpoint_reset: bool) -> list[str]:
+    """The seeded list of actions, one per round."""
+    rng = random.Random(seed)
+    actions = [BROKER_KILL if i % 2 == 0 else BROKER_RESTART for i in range(broker_restarts)]
+    if checkpoint_reset:
+        actions.append(CHECKPOINT_RESET)
+    while len(actions) < rounds:
+        actions.append(rng.choice([KILL, KILL, *[f"fault:{p}" for p in faults.POINTS]]))
+    rng.shuffle(actions)
+    return actions[:rounds]
+
+
+class _Job:
+    """One ingest process in its own process group."""
+
+    def __init__(self, conf_file: str, env: dict[str, str], log: Path, extra: list[str] | None = None) -> None:
+        self.log = open(log, "a")  # noqa: SIM115 - closed in wait/kill
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines", "--conf", conf_file, "ingest", *(extra or [])],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=paths.REPO_ROOT,
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.wait(60)
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        # The driver JVM is in the same group; make sure nothing of it survives.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.log.close()
+        return rc
+
+
+def run_chaos(
+    cfg: Config,
+    conf_file: str,
+    broker: LocalKafka,
+    *,
+    rounds: int,
+    events: int,
+    seed: int,
+    broker_restarts: int = 1,
+    checkpoint_reset: bool = True,
+    round_seconds: tuple[float, float] = (15.0, 35.0),
+    work_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    actions: list[str] | None = None,
+    out=print,  # noqa: ANN001
+) -> ChaosReport:
+    """Run the harness; see the module docstring. ``cfg`` must point at ``broker`` and its own data dir."""
+    from pipelines.tools.producer import produce
+
+    t0 = time.monotonic()
+    rng = random.Random(seed + 1)
+    report = ChaosReport()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    topic = cfg.producer.topic
+    env = {
+        **os.environ,
+        "PIPELINES__APP__DATA_DIR": cfg.data_dir,
+        "PIPELINES__APP__JARS_DIR": str(cfg.jars_dir),
+        "PIPELINES__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "PIPELINES__KAFKA__TOPICS": json.dumps([topic]),
+        "PIPELINES__KAFKA__MAX_OFFSETS_PER_TRIGGER": str(cfg.kafka.max_offsets_per_trigger or 5000),
+        "PIPELINES__INGEST__TRIGGER_INTERVAL": "1 second",
+        **(extra_env or {}),
+    }
+    ledger = Path(cfg.data_dir) / paths.LEDGER_SUBDIR / topic / f"chaos-seed{seed}.jsonl"
+    produced: dict = {}
+    rate = events / max(1.0, rounds * sum(round_seconds) / 2)
+
+    def producer() -> None:
+        stats = produce(broker.bootstrap_servers, topic, events, partitions=cfg.producer.partitions, rate=rate,
+                        seed=seed, ledger_path=ledger, id_prefix=f"chaos{seed}", progress=False,
+                        timeout_s=900, log_level=2)  # broker restarts are the point: no connect errors
+        produced.update(stats.as_dict())
+
+    prod = threading.Thread(target=producer, daemon=True)
+    prod.start()
+    log = work_dir / "ingest.log"
+    plan = actions or schedule(rounds, seed, broker_restarts, checkpoint_reset)
+    for i, action in enumerate(plan):
+        report.rounds += 1
+        report.actions[action] += 1
+        out(f"[chaos] round {i + 1}/{len(plan)}: {action}")
+        job_env = dict(env)
+        if action.startswith("fault:"):
+            job_env[faults.POINT_ENV] = action.split(":", 1)[1]
+        if action == CHECKPOINT_RESET:
+            shutil.rmtree(cfg.checkpoint_path, ignore_errors=True)
+        job = _Job(conf_file, job_env, log)
+        wait_s = rng.uniform(*round_seconds)
+        if action.startswith("fault:"):
+            if job.wait(wait_s + 60) is None:  # the point was not reached (no data): kill instead
+                job.kill()
+        elif action in (BROKER_KILL, BROKER_RESTART):
+            time.sleep(wait_s / 2)
+            if action == BROKER_KILL:
+                broker.kill()
+            else:
+                broker.stop()
+            time.sleep(2)
+            broker.start()
+            time.sleep(wait_s / 2)
+            job.kill()
+        else:
+            time.sleep(wait_s)
+            job.kill()
+    prod.join(timeout=900)
+    out("[chaos] producer done; catching up (available-now) ...")
+    final = _Job(conf_file, env, log, ["--available-now"])
+    rc = final.wait(1800)
+    if rc != 0:
+        out(f"[chaos] the catch-up run failed (exit {rc}); see {log}")
+    res = subprocess.run([sys.executable, "-m", "pipelines", "--conf", conf_file, "verify", "--ledger", "--json"],
+                         env=env, capture_output=True, text=True, cwd=paths.REPO_ROOT, timeout=1800)
+    try:
+        report.verify = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        report.verify = {"ok": False, "error": res.stderr[-2000:]}
+    report.produced = produced
+    report.seconds = time.monotonic() - t0
+    return report
