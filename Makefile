@@ -8,7 +8,7 @@ JARS_STAMP := .local/jars/.provisioned
 CONF ?= conf/local.yaml
 EVENTS ?= 100000
 
-.PHONY: help setup jars run demo test test-unit check chaos chaos-quick kafka-up kafka-down kafka-status clean distclean
+.PHONY: help setup jars run demo test test-unit check chaos chaos-quick bench kafka-up kafka-down kafka-status clean distclean
 
 help:
 	@echo "make run        set up, start the local Kafka broker, produce a demo stream, ingest, verify"
@@ -53,7 +53,7 @@ chaos-quick: setup
 	$(PY) -m pipelines --conf $(CONF) chaos --rounds 5 --events 8000 --broker-restarts 1 --seed 3
 
 check: $(INSTALLED)
-	$(PY) -m ruff check pipelines tests
+	$(PY) -m ruff check pipelines tests bench
 	$(PY) -m mypy pipelines
 
 kafka-up: setup
@@ -71,3 +71,7 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) .local
+
+# Benchmarks (several minutes; results and plots in bench/results/latest/, with machine and commit).
+bench: setup
+	$(PY) bench/run.py --out bench/results/latest
