@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--events", type=int, default=20000)
     ch.add_argument("--broker-restarts", type=int, default=1)
     ch.add_argument("--seed", type=int, default=1)
+    ch.add_argument("--max-offsets", type=int, default=5000, help="maxOffsetsPerTrigger of the job (default: 5000)")
     ch.add_argument("--no-checkpoint-reset", action="store_true")
     ch.add_argument("--actions", help="comma-separated schedule instead of the seeded one, "
                     "e.g. fault:after_silver_commit,kill,broker-kill")
@@ -275,7 +276,7 @@ def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
     broker.start()
     run_cfg = cfg.with_overrides(app={"data_dir": str(work / "data")}, producer={"topic": "chaos"},
                                  kafka={"bootstrap_servers": broker.bootstrap_servers,
-                                        "max_offsets_per_trigger": cfg.kafka.max_offsets_per_trigger or 5000})
+                                        "max_offsets_per_trigger": args.max_offsets})
     extra = {UNSAFE_SILVER_APPEND_ENV: "1"} if args.unsafe_silver_append else {}
     try:
         report = run_chaos(run_cfg, args.conf or _default_conf(), broker, rounds=args.rounds, events=args.events,

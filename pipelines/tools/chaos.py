@@ -85,6 +85,11 @@ def schedule(rounds: int, seed: int, broker_restarts: int, checkpoint_reset: boo
     return actions[:rounds]
 
 
+def _committed_batches(checkpoint: str) -> int:
+    commits = Path(checkpoint) / "commits"
+    return len([p for p in commits.glob("[0-9]*")]) if commits.exists() else 0
+
+
 class _Job:
     """One ingest process in its own process group."""
 
@@ -169,6 +174,9 @@ def run_chaos(
         job_env = dict(env)
         if action.startswith("fault:"):
             job_env[faults.POINT_ENV] = action.split(":", 1)[1]
+            # Crash in a batch after the next one or two, so faults land at varied batches,
+            # not always in the first batch after a restart.
+            job_env[faults.MIN_BATCH_ENV] = str(_committed_batches(cfg.checkpoint_path) + rng.randint(0, 2))
         if action == CHECKPOINT_RESET:
             shutil.rmtree(cfg.checkpoint_path, ignore_errors=True)
         job = _Job(conf_file, job_env, log)

@@ -14,15 +14,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def chaos(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PIPELINES__APP__DATA_DIR": str(tmp_path / "data"),
-           "PIPELINES__KAFKA__MAX_OFFSETS_PER_TRIGGER": "2000"}
+    env = {**os.environ, "PIPELINES__APP__DATA_DIR": str(tmp_path / "data")}
     (tmp_path / "data").mkdir()
     return subprocess.run([sys.executable, "-m", "pipelines", "chaos", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1500)
 
 
 def test_bounded_chaos_run_loses_and_doubles_nothing(tmp_path):
-    res = chaos(tmp_path, "--rounds", "5", "--events", "8000", "--broker-restarts", "1", "--seed", "3")
+    res = chaos(tmp_path, "--rounds", "5", "--events", "8000", "--broker-restarts", "1", "--seed", "3",
+                "--max-offsets", "2000")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = dict(line.rsplit(None, 1) for line in res.stdout.splitlines() if line and "  " in line)
     assert table["result"] == "PASS"
@@ -33,7 +33,7 @@ def test_bounded_chaos_run_loses_and_doubles_nothing(tmp_path):
 def test_harness_catches_a_broken_pipeline(tmp_path):
     # Silver as a plain append (at-least-once): a crash after the silver commit must show up as duplicates.
     res = chaos(tmp_path, "--rounds", "2", "--events", "3000", "--broker-restarts", "0", "--no-checkpoint-reset",
-                "--actions", "fault:after_silver_commit,kill", "--unsafe-silver-append")
+                "--actions", "fault:after_silver_commit,kill", "--unsafe-silver-append", "--max-offsets", "2000")
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     table = dict(line.rsplit(None, 1) for line in res.stdout.splitlines() if line and "  " in line)
     assert table["result"] == "FAIL"
