@@ -44,6 +44,8 @@ class ChaosReport:
     actions: Counter[str] = field(default_factory=Counter)
     produced: dict = field(default_factory=dict)
     verify: dict = field(default_factory=dict)
+    faults_fired: int = 0
+    bug_restarts: int = 0
     seconds: float = 0.0
 
     @property
@@ -58,6 +60,8 @@ class ChaosReport:
         rows = [
             ("rounds", self.rounds),
             *[(f"actions: {k}", v) for k, v in sorted(self.actions.items())],
+            ("targeted crashes that fired", self.faults_fired),
+            ("SPARK-55271 restarts", self.bug_restarts),
             ("events produced", self.produced.get("sent", 0)),
             ("duplicates injected", self.produced.get("duplicates", 0)),
             ("malformed injected", self.produced.get("malformed_total", 0)),
@@ -210,5 +214,8 @@ def run_chaos(
     except json.JSONDecodeError:
         report.verify = {"ok": False, "error": res.stderr[-2000:]}
     report.produced = produced
+    text = log.read_text(errors="replace") if log.exists() else ""
+    report.faults_fired = text.count("[fault] injected crash")
+    report.bug_restarts = text.count("SPARK-55271")
     report.seconds = time.monotonic() - t0
     return report
