@@ -18,7 +18,22 @@ AFTER_BRONZE = "after_bronze_commit"
 AFTER_QUARANTINE = "after_quarantine_commit"
 AFTER_SILVER = "after_silver_commit"  # before the audit row and before Spark's checkpoint commit
 AFTER_AUDIT = "after_audit_commit"  # the batch is in every table, the checkpoint commit not yet written
-POINTS = (AFTER_BRONZE, AFTER_QUARANTINE, AFTER_SILVER, AFTER_AUDIT)
+# While the silver MERGE runs: a timer SIGKILLs the process 50-1500 ms after the MERGE starts,
+# i.e. while it writes data files or its _delta_log entry (the middle of a Delta commit).
+DURING_SILVER = "during_silver_merge"
+POINTS = (AFTER_BRONZE, AFTER_QUARANTINE, DURING_SILVER, AFTER_SILVER, AFTER_AUDIT)
+
+
+def arm(point: str, batch_id: int, jvm_pid: int | None = None) -> None:
+    """Like :func:`inject`, but crash after a random 50-1500 ms, from a timer thread."""
+    if os.environ.get(POINT_ENV) != point or batch_id < int(os.environ.get(MIN_BATCH_ENV, "0")):
+        return
+    import random
+    import threading
+
+    timer = threading.Timer(random.uniform(0.05, 1.5), inject, (point, batch_id, jvm_pid))
+    timer.daemon = True
+    timer.start()
 
 
 def inject(point: str, batch_id: int, jvm_pid: int | None = None) -> None:

@@ -144,12 +144,12 @@ class IngestJob:
             self._app_id = f"{self.query_name}-{read_checkpoint_query_id(spark, self.checkpoint)}"
         return self._app_id
 
-    def _fault(self, spark: SparkSession, point: str, batch_id: int) -> None:
+    def _fault(self, spark: SparkSession, point: str, batch_id: int, *, timer: bool = False) -> None:
         if faults.POINT_ENV not in os.environ:
             return
         if self._jvm_pid is None:
             self._jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())  # type: ignore
-        faults.inject(point, batch_id, self._jvm_pid)
+        (faults.arm if timer else faults.inject)(point, batch_id, self._jvm_pid)
 
     def foreach_batch(self, batch_df: DataFrame, batch_id: int) -> None:
         """The function handed to ``writeStream.foreachBatch``."""
@@ -213,6 +213,7 @@ class IngestJob:
             res.duplicates_in_batch, res.conflicting_in_batch = int(d["duplicates"]), int(d["conflicting"])
             kept = res.valid_rows - res.duplicates_in_batch
             t = lap("dedupe", t)
+            self._fault(spark, faults.DURING_SILVER, batch_id, timer=True)
             silver_rows = annotated.transform(X.first_copies).transform(lineage).transform(X.to_silver(self.spec))
             if os.environ.get(writers.UNSAFE_SILVER_APPEND_ENV) == "1":  # deliberately broken (tests only)
                 silver_rows.write.format("delta").mode("append").save(self.tables.silver)
