@@ -23,7 +23,7 @@ from typing import Any
 
 from pipelines import paths
 from pipelines.config import Config, load_config
-from pipelines.errors import PipelineError, VerificationFailed
+from pipelines.errors import PipelineError
 
 DEFAULT_CONF = "conf/local.yaml"
 
@@ -343,9 +343,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = _load(args)
         return COMMANDS[args.command](cfg, args)
-    except VerificationFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except PipelineError as e:
         print(f"error: {e.message}", file=sys.stderr)
         if e.hint:

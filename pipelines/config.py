@@ -343,7 +343,7 @@ def _merge(
     for key, value in src.items():
         key = str(key)
         path = (*prefix, key)
-        if isinstance(value, Mapping) and isinstance(dst.get(key), dict) and not _is_free_mapping(path):
+        if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
             _merge(dst[key], value, origins, origin, path)
         else:
             dst[key] = dict(value) if isinstance(value, Mapping) else value
@@ -351,12 +351,6 @@ def _merge(
             if isinstance(value, Mapping):
                 for sub in value:
                     origins[(*path, str(sub))] = origin
-
-
-def _is_free_mapping(path: tuple[str, ...]) -> bool:
-    # dict-typed settings merge key by key too (spark.conf, kafka.options), handled by the
-    # generic branch; nothing is free-form at the section level.
-    return False
 
 
 def _where(origins: Mapping[tuple[str, ...], str], path: tuple[str, ...]) -> str:

@@ -31,6 +31,3 @@ class DependencyError(PipelineError):
 class BrokerError(PipelineError):
     """The local Kafka broker could not be started, stopped or reached."""
 
-
-class VerificationFailed(PipelineError):
-    """Reconciliation found missing, duplicated or unexpected records."""

@@ -17,7 +17,7 @@ import json
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -190,7 +190,7 @@ def plan_records(
     late_fraction: float,
     id_prefix: str | None = None,
     now: dt.datetime | None = None,
-) -> list[Record] | Any:
+) -> Iterator[Record]:
     """Yield ``n`` records following a seeded schedule (a generator; pure, no I/O).
 
     Every malformed kind appears at least once when ``n`` allows (the first ones are one of
