@@ -5,7 +5,7 @@
 2. fixed versus marginal cost per micro-batch (maxOffsetsPerTrigger sweep, fit t = a + b*rows);
 3. freshness: produce at 25/50/75 % of our max rate, p50/p99 Kafka timestamp -> visible in silver;
 4. MERGE scaling: a 100k-row batch (5 % duplicates) into silver tables of growing size,
-   plain key MERGE versus an event-date horizon in the ON clause.
+   key MERGE over the whole table versus the event-date scope (`silver_merge_scope: event_date`).
 
 Writes ``<out>/results.md``, ``<out>/results.json`` and PNG plots, with machine and commit.
 ``--quick`` uses tiny sizes: it checks the harness end to end, not the numbers.
@@ -209,16 +209,18 @@ def freshness(spark, cfg: Config, work: Path, rate: float, seconds: float, tag: 
 
 
 # ---- 4. MERGE scaling ---------------------------------------------------------------------------------
-def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, horizon_days: int = 3) -> list[dict]:  # noqa: ANN001
+def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, slack_days: int = 1) -> list[dict]:  # noqa: ANN001
     """A batch of ``batch_rows`` (5 % duplicates of recent rows) merged into silver-like tables.
 
     The target's event dates spread over a year, written in date order (as a stream writes
-    them), so file statistics on ``event_date`` can prune with a horizon predicate.
+    them), so file statistics on ``event_date`` can prune. Variants: ``table`` (the key MERGE
+    over every row) and ``event_date`` (the pipeline's ``silver_merge_scope: event_date``).
     """
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     from pipelines.io.writers import merge_insert_if_absent
+    from pipelines.jobs.ingest import event_date_scope
 
     days = 365
     today = F.current_date()
@@ -241,12 +243,13 @@ def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, horizon_
         table_rows(0, size, size).write.format("delta").option("maxRecordsPerFile", 500_000).save(path)
         load_s = time.monotonic() - t0
         dups = int(batch_rows * 0.05)
-        for i, variant in enumerate(("plain", "horizon")):
+        for i, variant in enumerate(("table", "event_date")):
             new_lo = size * 10 + i * batch_rows
             batch = (table_rows(new_lo, new_lo + batch_rows - dups, size).withColumn("event_date", today)
                      .unionByName(table_rows(size - dups, size, size))).persist()
             batch.count()
-            pred = f"t.event_date >= date_sub(current_date(), {horizon_days})" if variant == "horizon" else None
+            earliest = batch.agg(F.min("event_date")).first()[0]
+            pred = event_date_scope(earliest, slack_days) if variant == "event_date" else None
             t0 = time.monotonic()
             inserted = merge_insert_if_absent(batch, path, ["message_id"], app_id=f"bench-{variant}",
                                               version=1, target_predicate=pred)
@@ -254,12 +257,12 @@ def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, horizon_
             batch.unpersist()
             m = DeltaTable.forPath(spark, path).history(1).first()["operationMetrics"]
             target = spark.read.format("delta").load(path)
-            in_horizon = target.filter(pred.replace("t.", "")) if pred else target
+            in_scope = target.filter(pred.replace("t.", "")) if pred else target
             out.append({"table_rows": size, "variant": variant, "seconds": round(secs, 2), "inserted": inserted,
                         "expected_inserted": batch_rows - dups,
                         "scan_ms": int(m.get("scanTimeMs", -1)),
                         "files_total": len(target.inputFiles()),
-                        "files_read_estimate": len(in_horizon.inputFiles()),
+                        "files_read_estimate": len(in_scope.inputFiles()),
                         "load_s": round(load_s, 1)})
         shutil.rmtree(path, ignore_errors=True)
     return out
@@ -313,7 +316,7 @@ def plots(res: dict, out: Path) -> list[str]:
 
     if res.get("merge"):
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        for variant in ("plain", "horizon"):
+        for variant in ("table", "event_date"):
             rows = [r for r in res["merge"] if r["variant"] == variant]
             ax.plot([r["table_rows"] for r in rows], [r["seconds"] for r in rows], "o-", label=variant)
         ax.set_xscale("log")

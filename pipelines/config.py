@@ -149,6 +149,13 @@ class IngestConfig:
     trigger_interval: str = "5 seconds"
     #: Print one progress line per micro-batch.
     progress: bool = True
+    #: Which silver rows the insert-if-absent MERGE compares a batch against. "table": every
+    #: row (exact, unconditionally; cost grows with the table). "event_date": only rows whose
+    #: event_date is at least the batch's earliest event date minus ``silver_merge_slack_days``
+    #: (cost bounded by the batch's date spread; exact when every copy of a message carries an
+    #: event time at most that many days after the first copy's; see README, Guarantees).
+    silver_merge_scope: Literal["table", "event_date"] = "table"
+    silver_merge_slack_days: int = 1
 
 
 @dataclass(frozen=True)

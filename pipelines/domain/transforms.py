@@ -26,7 +26,12 @@ Transform = Callable[[DataFrame], DataFrame]
 
 _TEXT = "_p_text"
 _JSON = "_p_json"
-_CHECKS = "_p_checks"
+_UTF8 = "_p_utf8"
+_IS_OBJECT = "_p_is_object"
+_CODES = "_p_codes"
+# Joins the failed check codes into one string before splitting them into an array: built-in
+# string functions keep the whole projection in generated code (higher-order functions do not).
+_SEP = "\u0001"
 _DUP_RANK = "_p_dup_rank"
 _CONFLICT = "_p_conflict"
 
@@ -51,9 +56,12 @@ def _path(name: str) -> str:
     return "$['" + name.replace("'", "\\'") + "']"
 
 
-def _check(cond: Column, code: str, message: Column) -> Column:
-    """One failed check as ``struct(code, message)``, or NULL when it passes."""
-    return F.when(cond, F.struct(F.lit(code).alias("code"), message.alias("message")))
+Check = tuple[Column, str, Column]
+"""One check: (fails when true, reason code, message)."""
+
+
+def _check(cond: Column, code: str, message: Column) -> Check:
+    return cond, code, message
 
 
 def _extract(name: str, js: Column) -> dict[str, Column]:
@@ -73,8 +81,8 @@ def _ftext(name: str) -> str:
     return f"_p_text_{name}"
 
 
-def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Column]]:
-    """The typed value of field ``f`` and the checks (struct or NULL) it may fail.
+def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Check]]:
+    """The typed value of field ``f`` and the checks it may fail.
 
     Expects the columns of :func:`_extract` for ``f``.
     """
@@ -83,11 +91,11 @@ def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Column]]:
     text = F.col(_ftext(f.name))
     stype = spark_type(f.type)
     shown = F.coalesce(F.substring(text, 1, 60), F.lit("?"))
-    checks: list[Column] = []
+    checks: list[Check] = []
     if f.required:
         checks.append(_check(~present, f"{Reason.MISSING_FIELD}:{f.name}", F.lit(f"{f.name} is missing or null")))
 
-    def wrong(ok: Column, expected: str) -> Column:
+    def wrong(ok: Column, expected: str) -> Check:
         return _check(present & ~ok, f"{Reason.WRONG_TYPE}:{f.name}",
                       F.concat(F.lit(f"{f.name} must be {expected}, got "), F.coalesce(vtype, F.lit("?"))))
 
@@ -139,7 +147,7 @@ def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Column]]:
     return value.cast(stype), checks
 
 
-def _message_id(spec: EventSpec, js: Column, is_object: Column) -> tuple[Column, list[Column]]:
+def _message_id(spec: EventSpec, js: Column, is_object: Column) -> tuple[Column, list[Check]]:
     """The message ID and its checks, from the JSON field, the record key or a header."""
     if spec.id_source == "field":
         vtype = F.col(_ftype(spec.id_name))
@@ -185,13 +193,13 @@ def parse_records(spec: EventSpec) -> Transform:
         text = F.col(_TEXT)
         js = F.col(_JSON)
         has_value = value.isNotNull()
-        utf8 = has_value & F.is_valid_utf8(text)
+        utf8 = F.col(_UTF8)
         parsed = utf8 & js.isNotNull()
-        is_object = parsed & F.schema_of_variant(js).startswith("OBJECT")
+        is_object = F.col(_IS_OBJECT)
 
-        checks: list[Column] = [
+        checks: list[Check] = [
             _check(~has_value, Reason.NULL_VALUE, F.lit("the record value is null (tombstone)")),
-            _check(has_value & ~F.is_valid_utf8(text), Reason.INVALID_UTF8, F.lit("the value is not valid UTF-8")),
+            _check(has_value & ~utf8, Reason.INVALID_UTF8, F.lit("the value is not valid UTF-8")),
             _check(utf8 & js.isNull(), Reason.NOT_JSON,
                    F.concat(F.lit("the value is not valid JSON: "), F.substring(text, 1, 60))),
             _check(parsed & ~is_object, Reason.NOT_OBJECT,
@@ -203,18 +211,22 @@ def parse_records(spec: EventSpec) -> Transform:
         for f in spec.data_fields:
             col, fchecks = _field_column(f, js)
             typed[f.name] = col
-            checks += [F.when(is_object, c) for c in fchecks]
+            checks += [(is_object & cond, code, msg) for cond, code, msg in fchecks]
+        # Each intermediate column is its own projection, computed once per row: the flags
+        # (valid UTF-8, parsed, is an object) feed every check below.
         base = df.select(
             *kafka_columns(),
             *([F.col(S.SRC_HEADERS)] if S.SRC_HEADERS in df.columns else []),
             F.col(S.SRC_VALUE).cast("string").alias(_TEXT),
         )
-        base = base.withColumn(_JSON, F.when(F.is_valid_utf8(text), F.try_parse_json(text)))
+        base = base.withColumn(_UTF8, has_value & F.is_valid_utf8(text))
+        base = base.withColumn(_JSON, F.when(utf8, F.try_parse_json(text)))
+        base = base.withColumn(_IS_OBJECT, F.coalesce(F.schema_of_variant(js).startswith("OBJECT"), F.lit(False)))
         extracted: dict[str, Column] = {}
         for name in ([spec.id_name] if spec.id_source == "field" else []) + [f.name for f in spec.data_fields]:
             extracted.update(_extract(name, js))
         base = base.withColumns(extracted)
-        failed = F.filter(F.array(*checks), lambda c: c.isNotNull())
+        codes = F.concat_ws(_SEP, *[F.when(cond, F.lit(code)) for cond, code, _ in checks])
         out = base.select(
             *[F.col(c) for c in (S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET, S.KAFKA_TIMESTAMP,
                                  S.KAFKA_KEY, S.KAFKA_VALUE)],
@@ -222,18 +234,19 @@ def parse_records(spec: EventSpec) -> Transform:
             *[c.alias(name) for name, c in typed.items()],
             F.when(utf8, text).alias(S.PAYLOAD),
             F.sha2(F.coalesce(F.col(S.KAFKA_VALUE), F.lit(b"")), 256).alias(S.VALUE_SHA256),
-            failed.alias(_CHECKS),
+            codes.alias(_CODES),
+            F.concat_ws("; ", *[F.when(cond, msg) for cond, _, msg in checks]).alias(S.REASON_MESSAGE),
         )
         et = spec.event_time_field
+        event_date = F.to_date(F.col(et)) if et in typed else F.lit(None).cast("date")
+        failed = F.col(_CODES) != F.lit("")
         return out.select(
-            "*",
-            F.to_date(F.col(et)).alias(S.EVENT_DATE) if et in typed else F.lit(None).cast("date").alias(S.EVENT_DATE),
-        ).select(
-            *[c for c in out.columns if c != _CHECKS],
-            S.EVENT_DATE,
-            F.transform(F.col(_CHECKS), lambda c: c["code"]).alias(S.REASON_CODES),
-            F.when(F.size(_CHECKS) > 0, F.split(F.col(_CHECKS)[0]["code"], ":")[0]).alias(S.REASON),
-            F.array_join(F.transform(F.col(_CHECKS), lambda c: c["message"]), "; ").alias(S.REASON_MESSAGE),
+            *[c for c in out.columns if c not in (_CODES, S.REASON_MESSAGE)],
+            event_date.alias(S.EVENT_DATE),
+            F.when(failed, F.split(F.col(_CODES), _SEP)).otherwise(F.array().cast("array<string>"))
+            .alias(S.REASON_CODES),
+            F.when(failed, F.split(F.split(F.col(_CODES), _SEP)[0], ":")[0]).alias(S.REASON),
+            F.when(failed, F.col(S.REASON_MESSAGE)).alias(S.REASON_MESSAGE),
         )
 
     return transform

@@ -42,7 +42,7 @@ from pipelines.config import Config, load_config
 from pipelines.domain import schema as S
 from pipelines.domain import transforms as X
 from pipelines.domain.schema import EventSpec
-from pipelines.errors import PipelineError
+from pipelines.errors import ConfigError, PipelineError
 from pipelines.io import writers
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
@@ -105,6 +105,9 @@ class IngestJob:
         checkpoint: Checkpoint location (its query id completes the app id).
         app_id: Fixed app id (tests and backfills); otherwise derived from the checkpoint.
         out: Where progress lines go (None: silent).
+        silver_merge_scope: "table" (compare against every silver row) or "event_date"
+            (only rows dated from the batch's earliest event date minus ``slack_days``).
+        slack_days: See ``silver_merge_scope``.
 
     """
 
@@ -117,9 +120,17 @@ class IngestJob:
         checkpoint: str | None = None,
         app_id: str | None = None,
         out: Callable[[str], None] | None = print,
+        silver_merge_scope: str = "table",
+        slack_days: int = 1,
     ) -> None:
         if app_id is None and checkpoint is None:
             raise ValueError("IngestJob needs an app_id or a checkpoint to derive it from")
+        if silver_merge_scope not in ("table", "event_date"):
+            raise ValueError(f"silver_merge_scope must be 'table' or 'event_date', got {silver_merge_scope!r}")
+        if slack_days < 0:
+            raise ValueError(f"slack_days must be >= 0, got {slack_days}")
+        self.silver_merge_scope = silver_merge_scope
+        self.slack_days = slack_days
         self.spec = spec
         self.tables = tables
         self.query_name = query_name
@@ -133,9 +144,13 @@ class IngestJob:
     def from_config(cls, cfg: Config, *, app_id: str | None = None,
                     out: Callable[[str], None] | None = print) -> IngestJob:
         """Build the job for ``cfg``."""
+        if cfg.ingest.silver_merge_slack_days < 0:
+            raise ConfigError(f"{', '.join(cfg.sources) or 'config'}: ingest.silver_merge_slack_days must be "
+                              f">= 0, got {cfg.ingest.silver_merge_slack_days}")
         return cls(EventSpec.from_config(cfg.events), TablePaths.from_config(cfg),
                    query_name=cfg.ingest.query_name, checkpoint=cfg.checkpoint_path, app_id=app_id,
-                   out=out if cfg.ingest.progress else None)
+                   out=out if cfg.ingest.progress else None, silver_merge_scope=cfg.ingest.silver_merge_scope,
+                   slack_days=cfg.ingest.silver_merge_slack_days)
 
     def app_id(self, spark: SparkSession) -> str:
         """``<query_name>-<query id>``: changes when the checkpoint is reset, as batch ids restart at 0."""
@@ -178,6 +193,7 @@ class IngestJob:
                 F.count(F.lit(1)).alias("rows"),
                 F.sum((F.size(S.REASON_CODES) == 0).cast("long")).alias("valid"),
                 F.max(S.KAFKA_TIMESTAMP).alias("max_ts"),
+                F.min(F.when(F.size(S.REASON_CODES) == 0, F.col(S.EVENT_DATE))).alias("min_date"),
             ).collect()
             t = lap("stats", t0)
             res.rows_read = sum(int(r["rows"]) for r in stats)
@@ -187,6 +203,7 @@ class IngestJob:
                                                                                          int(r["last"])]
             stamps = [r["max_ts"] for r in stats if r["max_ts"] is not None]
             res.max_kafka_timestamp = max(stamps) if stamps else None
+            dates = [r["min_date"] for r in stats if r["min_date"] is not None]
             if res.rows_read == 0:
                 res.bronze_inserted = res.quarantined = res.silver_inserted = res.duplicates_in_table = 0
                 return res
@@ -200,10 +217,15 @@ class IngestJob:
             t = lap("bronze", t)
             self._fault(spark, faults.AFTER_BRONZE, batch_id)
 
-            # 2. quarantine: records that cannot become silver rows, with reasons.
-            res.quarantined = writers.merge_insert_if_absent(
-                parsed.transform(X.invalid_rows).transform(lineage).transform(X.to_quarantine),
-                self.tables.quarantine, S.COORDINATES, app_id=app_id, version=batch_id, target_predicate=coords)
+            # 2. quarantine: records that cannot become silver rows, with reasons (no write when
+            #    there are none: skipping a transaction version is fine, later ones are higher).
+            if res.valid_rows < res.rows_read:
+                res.quarantined = writers.merge_insert_if_absent(
+                    parsed.transform(X.invalid_rows).transform(lineage).transform(X.to_quarantine),
+                    self.tables.quarantine, S.COORDINATES, app_id=app_id, version=batch_id,
+                    target_predicate=coords)
+            else:
+                res.quarantined = 0
             t = lap("quarantine", t)
             self._fault(spark, faults.AFTER_QUARANTINE, batch_id)
 
@@ -219,8 +241,11 @@ class IngestJob:
                 silver_rows.write.format("delta").mode("append").save(self.tables.silver)
                 res.silver_inserted = kept
             else:
+                scope = (event_date_scope(min(dates), self.slack_days)
+                         if self.silver_merge_scope == "event_date" and dates else None)
                 res.silver_inserted = writers.merge_insert_if_absent(
-                    silver_rows, self.tables.silver, [S.MESSAGE_ID], app_id=app_id, version=batch_id)
+                    silver_rows, self.tables.silver, [S.MESSAGE_ID], app_id=app_id, version=batch_id,
+                    target_predicate=scope)
             if res.silver_inserted is None:  # replay of a committed batch: report what that commit did
                 res.replayed = True
                 res.silver_inserted = (spark.read.format("delta").load(self.tables.silver)
@@ -259,6 +284,18 @@ class IngestJob:
         )
         writers.append_once(spark.createDataFrame([row], S.AUDIT_SCHEMA), self.tables.audit,
                             app_id=res.app_id, version=res.batch_id)
+
+
+def event_date_scope(earliest: dt.date, slack_days: int) -> str:
+    """The silver MERGE's target restriction for ``silver_merge_scope: event_date``.
+
+    A copy of a message dated D is matched against target rows dated from ``earliest - slack``
+    on, where ``earliest <= D`` is the batch's earliest event date: its first copy is found
+    whenever that copy's date is at least ``D - slack_days``, in particular when the copies are
+    identical (retries, redeliveries, replays), whatever their age.
+    """
+    start = earliest - dt.timedelta(days=slack_days)
+    return f"t.{S.EVENT_DATE} >= DATE'{start.isoformat()}'"
 
 
 def _sql_str(value: str) -> str:

@@ -43,7 +43,7 @@ def kafka_rows(spark, values, partition=0, start=0, keys=None, headers=None):
 
 def test_valid_event_is_typed(spark, spec):
     out = kafka_rows(spark, [event(channel="web")]).transform(X.parse_records(spec)).collect()[0]
-    assert out.reason_codes == [] and out.reason is None and out.reason_message == ""
+    assert out.reason_codes == [] and out.reason is None and out.reason_message is None
     assert out.message_id == "m-1"
     assert out.amount == Decimal("12.50")
     assert out.event_time == dt.datetime(2026, 11, 26, 9, 0, 0)  # +01:00 -> UTC
