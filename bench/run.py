@@ -360,12 +360,19 @@ def markdown(res: dict) -> str:
         lines.append(f"| {f['load']} | {f['rate']:.0f} | {f['rows']} | {f['p50_s']:.2f} | {f['p99_s']:.2f} |")
     if res.get("merge"):
         lines += ["", f"## 4. MERGE scaling ({res['sizes']['merge_batch']}-row batch, 5 % duplicates)", "",
-                  "| silver rows | variant | MERGE s | scan ms | files read (est.) / total | inserted (expected) |",
-                  "|---:|---|---:|---:|---|---|"]
+                  "| silver rows | variant | MERGE s | files read (est.) / total | inserted (expected) |",
+                  "|---:|---|---:|---|---|"]
         for r in res["merge"]:
-            lines.append(f"| {r['table_rows']:,} | {r['variant']} | {r['seconds']:.2f} | {r['scan_ms']} | "
+            lines.append(f"| {r['table_rows']:,} | {r['variant']} | {r['seconds']:.2f} | "
                          f"{r['files_read_estimate']} / {r['files_total']} | "
                          f"{r['inserted']} ({r['expected_inserted']}) |")
+        growth = []
+        for variant in sorted({r["variant"] for r in res["merge"]}):
+            rows = sorted((r for r in res["merge"] if r["variant"] == variant), key=lambda r: r["table_rows"])
+            if len(rows) > 1 and rows[0]["seconds"] > 0:
+                growth.append(f"{variant} {rows[-1]['seconds'] / rows[0]['seconds']:.2f}x")
+        if growth:
+            lines += ["", f"MERGE time at the largest table / at the smallest: {', '.join(growth)}."]
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in res.get("plots", [])), ""]
     return "\n".join(lines)
 
