@@ -47,6 +47,7 @@ class ChaosReport:
     faults_fired: int = 0
     bug_restarts: int = 0
     seconds: float = 0.0
+    silver_merge_scope: str = "table"
 
     @property
     def ok(self) -> bool:
@@ -59,6 +60,7 @@ class ChaosReport:
         checks = {c["name"]: c["count"] for c in self.verify.get("checks", [])}
         rows = [
             ("rounds", self.rounds),
+            ("silver merge scope", self.silver_merge_scope),
             *[(f"actions: {k}", v) for k, v in sorted(self.actions.items())],
             ("targeted crashes that fired", self.faults_fired),
             ("SPARK-55271 restarts", self.bug_restarts),
@@ -144,7 +146,7 @@ def run_chaos(
 
     t0 = time.monotonic()
     rng = random.Random(seed + 1)
-    report = ChaosReport()
+    report = ChaosReport(silver_merge_scope=cfg.ingest.silver_merge_scope)
     work_dir.mkdir(parents=True, exist_ok=True)
     topic = cfg.producer.topic
     env = {
