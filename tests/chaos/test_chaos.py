@@ -28,6 +28,7 @@ def test_bounded_chaos_run_loses_and_doubles_nothing(tmp_path):
     assert table["result"] == "PASS"
     assert table["missing (silver)"] == "0" and table["duplicated (silver)"] == "0"
     assert int(table["events produced"]) == 8000
+    assert table["silver merge scope"] == "table"  # the default
 
 
 def test_harness_catches_a_broken_pipeline(tmp_path):
