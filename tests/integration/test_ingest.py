@@ -193,8 +193,8 @@ def test_silver_merge_scope(spark, make_cfg, scope):
     assert job.process_batch(_kafka_rows(spark, [(0, a), (1, b)]), 0).silver_inserted == 2
     # A replayed 20 days later (identical bytes) beside a new C: A is found despite its age.
     assert job.process_batch(_kafka_rows(spark, [(2, a), (3, _ev("C", "21"))]), 1).silver_inserted == 1
-    # A copy of B re-dated one day earlier (within the slack): found.
-    assert job.process_batch(_kafka_rows(spark, [(4, _ev("B", "19", "2.00"))]), 2).silver_inserted == 0
+    # A copy of B re-dated one day later (within the slack; a slack of 0 would miss it): found.
+    assert job.process_batch(_kafka_rows(spark, [(4, _ev("B", "21", "2.00"))]), 2).silver_inserted == 0
     # A copy of A re-dated 15 days later: only the whole-table MERGE finds its first copy.
     late_copy = job.process_batch(_kafka_rows(spark, [(5, _ev("A", "25", "3.00"))]), 3)
     silver = sorted((r.message_id, str(r.amount)) for r in table(spark, cfg, "silver").collect())
