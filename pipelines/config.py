@@ -81,6 +81,10 @@ class KafkaConfig:
     max_offsets_per_trigger: int | None = 100_000
     #: Keep true: expired offsets then fail the query loudly instead of skipping data silently.
     fail_on_data_loss: bool = True
+    #: Consumer isolation of the stream, batch reads and ``verify``. ``read_committed`` (the
+    #: default) never shows records of aborted or still-open producer transactions;
+    #: ``read_uncommitted`` shows them, and an aborted transaction's records then land in the tables.
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     #: Extra source options passed through as-is, e.g. ``kafka.security.protocol: SASL_SSL``,
     #: ``kafka.sasl.jaas.config: ${env:KAFKA_JAAS}`` (values with ``${env:NAME}`` come from the environment).
     options: dict[str, str] = field(default_factory=dict)
@@ -125,6 +129,11 @@ class EventsConfig:
     #: The field that holds the event time (must be a timestamp field).
     event_time_field: str = "event_time"
     fields: tuple[FieldSpec, ...] = ()
+    #: Longest message ID accepted (characters, after trimming); longer IDs go to quarantine (ID_TOO_LONG).
+    id_max_length: int = 256
+    #: Leading/trailing whitespace around a message ID: "reject" (quarantine, ID_WHITESPACE) or
+    #: "trim" (the ID is the trimmed text, so " a" and "a" are the same message).
+    id_whitespace: Literal["reject", "trim"] = "reject"
 
 
 @dataclass(frozen=True)

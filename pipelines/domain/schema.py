@@ -54,9 +54,12 @@ class Reason:
     BAD_DECIMAL = "BAD_DECIMAL"
     BAD_TIMESTAMP = "BAD_TIMESTAMP"
     INVALID_VALUE = "INVALID_VALUE"
+    ID_WHITESPACE = "ID_WHITESPACE"  # leading/trailing whitespace, with events.id_whitespace: reject
+    ID_TOO_LONG = "ID_TOO_LONG"  # longer than events.id_max_length
+    OUT_OF_RANGE = "OUT_OF_RANGE"  # a JSON number beyond the range of a double
 
-    ALL = (NULL_VALUE, INVALID_UTF8, NOT_JSON, NOT_OBJECT, MISSING_ID, EMPTY_ID, MISSING_FIELD,
-           WRONG_TYPE, BAD_DECIMAL, BAD_TIMESTAMP, INVALID_VALUE)
+    ALL = (NULL_VALUE, INVALID_UTF8, NOT_JSON, NOT_OBJECT, MISSING_ID, EMPTY_ID, ID_WHITESPACE, ID_TOO_LONG,
+           MISSING_FIELD, WRONG_TYPE, BAD_DECIMAL, BAD_TIMESTAMP, INVALID_VALUE, OUT_OF_RANGE)
 
 
 _DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
@@ -94,6 +97,8 @@ class EventSpec:
     id_name: str
     event_time_field: str
     fields: tuple[FieldSpec, ...]
+    id_max_length: int = 256
+    id_whitespace: str = "reject"
 
     @classmethod
     def from_config(cls, events: EventsConfig) -> EventSpec:
@@ -126,7 +131,10 @@ class EventSpec:
             idf = by_name.get(events.id_name)
             if idf is not None and (spark_type(idf.type) != T.StringType() or not idf.required):
                 raise ConfigError(f"events.fields[{events.id_name}] is the message ID: it must be a required string")
-        return cls(events.id_source, events.id_name, events.event_time_field, tuple(events.fields))
+        if events.id_max_length < 1:
+            raise ConfigError(f"events.id_max_length must be >= 1, got {events.id_max_length}")
+        return cls(events.id_source, events.id_name, events.event_time_field, tuple(events.fields),
+                   events.id_max_length, events.id_whitespace)
 
     @property
     def data_fields(self) -> tuple[FieldSpec, ...]:

@@ -39,6 +39,9 @@ _INT_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
 # An ISO-8601 timestamp must carry its zone: Z or ±hh[:mm].
 _ZONE_SUFFIX = r"(?i)(z|[+-]\d{2}(:?\d{2})?)$"
 _ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
+_PLAIN_DECIMAL = r"^[+-]?(\d+\.?\d*|\.\d+)$"
+# Message IDs: leading/trailing ASCII whitespace (space, tab, LF, CR, FF, VT).
+_ID_EDGE_SPACE = "^[ \\t\\n\\r\\f\\x0B]+|[ \\t\\n\\r\\f\\x0B]+$"
 
 
 _KAFKA_RENAMES = (
@@ -100,21 +103,28 @@ def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Check]]:
                       F.concat(F.lit(f"{f.name} must be {expected}, got "), F.coalesce(vtype, F.lit("?"))))
 
     if isinstance(stype, T.DecimalType):
-        ok_type = vtype.startswith("DECIMAL") | vtype.isin(*_INT_TYPES, "DOUBLE", "FLOAT", "STRING")
-        # try_cast keeps bad input as NULL even under ANSI mode; a wider decimal first, so that
-        # "12.345" is rejected for decimal(18,2) instead of being silently rounded.
-        wide_col = F.trim(text).try_cast(T.DecimalType(38, 18))
-        in_range = (
-            wide_col.isNotNull()
-            & (wide_col == F.round(wide_col, stype.scale))
-            & (F.abs(wide_col) < F.lit(10 ** (stype.precision - stype.scale)))
+        # Exact or rejected, never rounded. A JSON number arrives as the parser's exact decimal
+        # (or integer); one it could only hold as a double (exponent notation, more than 38
+        # digits) has lost its digits already, so it is rejected. A JSON string is read as text.
+        exact = vtype.startswith("DECIMAL") | vtype.isin(*_INT_TYPES)
+        ok_type = exact | vtype.isin("DOUBLE", "FLOAT", "STRING")
+        num = F.when(vtype == F.lit("STRING"), F.trim(text)).when(exact, text)
+        int_digits = F.regexp_extract(num, r"^[+-]?0*(\d*)", 1)
+        frac_digits = F.regexp_extract(num, r"\.(\d*?)0*$", 1)
+        in_range = F.coalesce(
+            num.rlike(_PLAIN_DECIMAL)
+            & (F.length(int_digits) <= F.lit(stype.precision - stype.scale))
+            & (F.length(frac_digits) <= F.lit(stype.scale)),
+            F.lit(False),
         )
         checks.append(wrong(ok_type, "a decimal number (JSON number or numeric string)"))
         checks.append(_check(present & ok_type & ~in_range, f"{Reason.BAD_DECIMAL}:{f.name}",
                              F.concat(F.lit(f"{f.name} "), shown,
                                       F.lit(f" is not a decimal with at most {stype.precision - stype.scale}"
-                                            f" integer and {stype.scale} fractional digits"))))
-        value = F.when(present & ok_type & in_range, wide_col.cast(stype))
+                                            f" integer and {stype.scale} fractional digits, written out"
+                                            " (a JSON number in exponent form or with more than 38 digits"
+                                            " cannot be read exactly: send it as a string)"))))
+        value = F.when(present & ok_type & in_range, num.try_cast(stype))
     elif isinstance(stype, T.TimestampType):
         ok_type = vtype == F.lit("STRING")
         ts = F.try_to_timestamp(text)
@@ -130,8 +140,12 @@ def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Check]]:
         value = F.when(present & ok_type, F.try_variant_get(js, _path(f.name), "bigint"))
     elif isinstance(stype, T.DoubleType):
         ok_type = vtype.isin(*_INT_TYPES, "DOUBLE", "FLOAT") | vtype.startswith("DECIMAL")
+        dbl = F.try_variant_get(js, _path(f.name), "double")
+        finite = ~F.isnan(dbl) & (F.abs(dbl) != F.lit(float("inf")))
         checks.append(wrong(ok_type, "a number"))
-        value = F.when(present & ok_type, F.try_variant_get(js, _path(f.name), "double"))
+        checks.append(_check(present & ok_type & ~F.coalesce(finite, F.lit(False)), f"{Reason.OUT_OF_RANGE}:{f.name}",
+                             F.concat(F.lit(f"{f.name} "), shown, F.lit(" is beyond the range of a double"))))
+        value = F.when(present & ok_type & finite, dbl)
     elif isinstance(stype, T.BooleanType):
         ok_type = vtype == F.lit("BOOLEAN")
         checks.append(wrong(ok_type, "true or false"))
@@ -147,6 +161,26 @@ def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Check]]:
     return value.cast(stype), checks
 
 
+def _id_checks(spec: EventSpec, text: Column, gate: Column, where: str) -> tuple[Column, list[Check]]:
+    """The ID string rules: not blank, whitespace policy, length bound; returns (ID or NULL, checks)."""
+    stripped = F.regexp_replace(text, _ID_EDGE_SPACE, "")
+    blank = stripped == F.lit("")
+    padded = ~blank & (stripped != text)
+    too_long = ~blank & (F.length(stripped) > F.lit(spec.id_max_length))
+    checks = [_check(gate & blank, Reason.EMPTY_ID, F.lit(f"{where} is empty"))]
+    if spec.id_whitespace == "reject":
+        checks.append(_check(gate & padded, Reason.ID_WHITESPACE,
+                             F.lit(f"{where} has leading or trailing whitespace (events.id_whitespace: reject)")))
+        bad = blank | padded | too_long
+    else:
+        bad = blank | too_long
+    checks.append(_check(gate & too_long, Reason.ID_TOO_LONG,
+                         F.concat(F.lit(f"{where} is longer than {spec.id_max_length} characters ("),
+                                  F.length(stripped).cast("string"), F.lit(")"))))
+    kept = stripped if spec.id_whitespace == "trim" else text
+    return F.when(gate & ~bad, kept), checks
+
+
 def _message_id(spec: EventSpec, js: Column, is_object: Column) -> tuple[Column, list[Check]]:
     """The message ID and its checks, from the JSON field, the record key or a header."""
     if spec.id_source == "field":
@@ -154,13 +188,14 @@ def _message_id(spec: EventSpec, js: Column, is_object: Column) -> tuple[Column,
         present = vtype.isNotNull() & (vtype != F.lit("VOID"))
         text = F.col(_ftext(spec.id_name))
         is_string = vtype == F.lit("STRING")
+        mid, id_checks = _id_checks(spec, text, is_object & is_string, spec.id_name)
         checks = [
             _check(is_object & ~present, Reason.MISSING_ID, F.lit(f"{spec.id_name} is missing or null")),
             _check(is_object & present & ~is_string, f"{Reason.WRONG_TYPE}:{spec.id_name}",
                    F.concat(F.lit(f"{spec.id_name} must be a string, got "), vtype)),
-            _check(is_object & is_string & (F.trim(text) == ""), Reason.EMPTY_ID, F.lit(f"{spec.id_name} is empty")),
+            *id_checks,
         ]
-        return F.when(is_string, text), checks
+        return mid, checks
     if spec.id_source == "key":
         raw_bytes = F.col(S.KAFKA_KEY)
         where = "the record key"
@@ -169,13 +204,15 @@ def _message_id(spec: EventSpec, js: Column, is_object: Column) -> tuple[Column,
         raw_bytes = F.when(F.size(match) > 0, match[0]["value"])
         where = f"header {spec.id_name}"
     text = raw_bytes.cast("string")
+    utf8 = raw_bytes.isNotNull() & F.is_valid_utf8(text)
+    mid, id_checks = _id_checks(spec, text, utf8, where)
     checks = [
         _check(raw_bytes.isNull(), Reason.MISSING_ID, F.lit(f"{where} is missing")),
         _check(raw_bytes.isNotNull() & ~F.is_valid_utf8(text), Reason.INVALID_UTF8,
                F.lit(f"{where} is not valid UTF-8")),
-        _check(raw_bytes.isNotNull() & (F.trim(text) == ""), Reason.EMPTY_ID, F.lit(f"{where} is empty")),
+        *id_checks,
     ]
-    return text, checks
+    return mid, checks
 
 
 def parse_records(spec: EventSpec) -> Transform:

@@ -80,6 +80,12 @@ CASES = [
     (event(currency=...), ["MISSING_FIELD:currency"]),
     (event(event_type="teleported"), ["INVALID_VALUE:event_type"]),
     (event(amount="x", currency=None), ["BAD_DECIMAL:amount", "MISSING_FIELD:currency"]),
+    (event(message_id=" m-1"), ["ID_WHITESPACE"]),
+    (event(message_id="m" * 257), ["ID_TOO_LONG"]),
+    # JSON numbers are never rounded: too many digits after the point, or a form only a double holds.
+    (json.dumps(event(amount=0)).replace('"amount": 0', '"amount": 1.0000000000000000001').encode(),
+     ["BAD_DECIMAL:amount"]),
+    (json.dumps(event(amount=0)).replace('"amount": 0', '"amount": 1.5e2').encode(), ["BAD_DECIMAL:amount"]),
 ]
 
 
@@ -103,7 +109,7 @@ def test_message_id_from_key_and_header(spark, base_config):
     rows = kafka_rows(spark, [body, body, body], keys=[b"k-1", None, b""]) \
         .transform(X.parse_records(key_spec)).orderBy("kafka_offset").collect()
     assert [(r.message_id, r.reason_codes) for r in rows] == [
-        ("k-1", []), (None, ["MISSING_ID"]), ("", ["EMPTY_ID"])]
+        ("k-1", []), (None, ["MISSING_ID"]), (None, ["EMPTY_ID"])]
 
     hdr_spec = EventSpec.from_config(EventsConfig(id_source="header", id_name="msg-id", fields=fields))
     rows = kafka_rows(spark, [body, body], headers=[[("msg-id", b"h-1")], [("other", b"x")]]) \
