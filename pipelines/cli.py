@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--no-checkpoint-reset", action="store_true")
     ch.add_argument("--actions", help="comma-separated schedule instead of the seeded one, "
                     "e.g. fault:after_silver_commit,kill,broker-kill")
-    ch.add_argument("--unsafe-silver-append", action="store_true",
-                    help="break exactly-once on purpose (silver as a plain append): the run must FAIL")
+    ch.add_argument("--ingest-command", help="run this command instead of `python -m pipelines ingest` (it gets "
+                    "--conf FILE [--available-now]); tests use it to prove the harness catches a broken job")
     ch.add_argument("--result-file", help="also write the result table (markdown) here")
 
     sub.add_parser("spark-args", help="print spark-submit arguments equivalent to the session factory")
@@ -262,9 +262,9 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
     """``chaos``: a seeded fault-injection run on its own broker, topic and data folder."""
+    import shlex
     import tempfile
 
-    from pipelines.io.writers import UNSAFE_SILVER_APPEND_ENV
     from pipelines.local import jars
     from pipelines.local.kafka import LocalKafka, free_port
     from pipelines.tools.chaos import run_chaos
@@ -277,11 +277,11 @@ def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
     run_cfg = cfg.with_overrides(app={"data_dir": str(work / "data")}, producer={"topic": "chaos"},
                                  kafka={"bootstrap_servers": broker.bootstrap_servers,
                                         "max_offsets_per_trigger": args.max_offsets})
-    extra = {UNSAFE_SILVER_APPEND_ENV: "1"} if args.unsafe_silver_append else {}
     try:
         report = run_chaos(run_cfg, args.conf or _default_conf(), broker, rounds=args.rounds, events=args.events,
                            seed=args.seed, broker_restarts=args.broker_restarts,
-                           checkpoint_reset=not args.no_checkpoint_reset, work_dir=work, extra_env=extra,
+                           checkpoint_reset=not args.no_checkpoint_reset, work_dir=work,
+                           ingest_command=shlex.split(args.ingest_command) if args.ingest_command else None,
                            actions=args.actions.split(",") if args.actions else None)
     finally:
         broker.stop()

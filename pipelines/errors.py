@@ -31,3 +31,7 @@ class DependencyError(PipelineError):
 class BrokerError(PipelineError):
     """The local Kafka broker could not be started, stopped or reached."""
 
+
+
+class CheckpointRewindError(PipelineError):
+    """A checkpoint was rewound under the same query id: Delta would skip batches it never saw."""

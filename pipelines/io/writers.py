@@ -3,43 +3,82 @@
 Delta records, per table, the highest ``txnVersion`` committed for each ``txnAppId``; a
 write whose version is not higher is skipped silently. Plain writes take the identity as
 writer options; MERGE reads it from the session confs, which must be set on the session
-the target ``DeltaTable`` is built on and unset afterwards (GUIDE §1).
+the target ``DeltaTable`` is built on and unset afterwards.
+
+A skip is only right when the write Delta remembers is the *same* batch (same offsets): a
+checkpoint rewound under the same app id re-uses batch ids for other offsets. So every commit
+also carries, as Delta ``userMetadata``, the batch identity and its offsets
+(:func:`batch_metadata`), and :func:`find_batch_commit` finds that commit again to compare.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
 TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION = "spark.databricks.delta.write.txnVersion"
-# Test-only switches that break exactly-once on purpose, to prove the chaos harness catches
-# duplicates. Never set them in production.
-UNSAFE_NO_TXN_ENV = "PIPELINES_UNSAFE_DISABLE_TXN"
-UNSAFE_SILVER_APPEND_ENV = "PIPELINES_UNSAFE_SILVER_APPEND"
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+_METADATA_TAG = "pipelines.batch"
 
 
-def txn_enabled() -> bool:
-    """False only when the test-only kill switch is set."""
-    return os.environ.get(UNSAFE_NO_TXN_ENV) != "1"
+def batch_metadata(app_id: str, batch_id: int, offsets: dict[str, Any]) -> str:
+    """The ``userMetadata`` of every commit of a batch: its identity and its offsets."""
+    return json.dumps({_METADATA_TAG: {"app_id": app_id, "batch_id": batch_id, "offsets": offsets}},
+                      sort_keys=True, separators=(",", ":"))
 
 
 @contextlib.contextmanager
-def delta_txn(spark: SparkSession, app_id: str, version: int) -> Iterator[None]:
-    """Set the Delta transaction identity on ``spark`` for the duration of the block."""
-    if not txn_enabled():
-        yield
-        return
+def delta_txn(spark: SparkSession, app_id: str, version: int, metadata: str | None = None) -> Iterator[None]:
+    """Set the Delta transaction identity (and commit metadata) on ``spark`` for the block."""
     spark.conf.set(TXN_APP_ID, app_id)
     spark.conf.set(TXN_VERSION, str(version))
+    if metadata is not None:
+        spark.conf.set(USER_METADATA, metadata)
     try:
         yield
     finally:
         spark.conf.unset(TXN_APP_ID)
         spark.conf.unset(TXN_VERSION)
+        spark.conf.unset(USER_METADATA)
+
+
+@dataclass(frozen=True)
+class BatchCommit:
+    """The commit a batch made to one table, found again by its metadata."""
+
+    version: int
+    offsets: dict[str, Any]
+    metrics: dict[str, str]
+
+    def inserted(self) -> int:
+        """Rows the commit inserted (a MERGE's ``numTargetRowsInserted``, an append's ``numOutputRows``)."""
+        m = self.metrics
+        return int(m.get("numTargetRowsInserted", m.get("numOutputRows", 0)))
+
+
+def find_batch_commit(spark: SparkSession, path: str, app_id: str, batch_id: int) -> BatchCommit | None:
+    """The commit of (``app_id``, ``batch_id``) in the table at ``path``, or None.
+
+    Reads the table history (only when Delta skipped a write, i.e. on replays).
+    """
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    needle = f'"app_id":{json.dumps(app_id)},"batch_id":{int(batch_id)},'
+    rows = (DeltaTable.forPath(spark, path).history()
+            .filter(F.col("userMetadata").contains(needle))
+            .select("version", "userMetadata", "operationMetrics").collect())
+    for r in rows:
+        meta = json.loads(r["userMetadata"]).get(_METADATA_TAG, {})
+        if meta.get("app_id") == app_id and meta.get("batch_id") == batch_id:
+            return BatchCommit(int(r["version"]), meta.get("offsets", {}), dict(r["operationMetrics"] or {}))
+    return None
 
 
 def merge_insert_if_absent(
@@ -50,6 +89,7 @@ def merge_insert_if_absent(
     app_id: str,
     version: int,
     target_predicate: str | None = None,
+    metadata: str | None = None,
 ) -> int | None:
     """Insert the ``source`` rows whose ``keys`` are not yet in the Delta table at ``path``.
 
@@ -61,6 +101,7 @@ def merge_insert_if_absent(
         app_id: Transaction app id (stable per query and checkpoint).
         version: Transaction version (the micro-batch id).
         target_predicate: Extra condition on ``t.`` columns only, to prune target files.
+        metadata: Commit ``userMetadata`` (see :func:`batch_metadata`).
 
     Returns:
         Rows inserted, or None if Delta skipped the write because this (app id, version)
@@ -73,21 +114,13 @@ def merge_insert_if_absent(
     cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     if target_predicate:
         cond = f"({target_predicate}) AND {cond}"
-    with delta_txn(spark, app_id, version):
+    with delta_txn(spark, app_id, version, metadata):
         target = DeltaTable.forPath(spark, path)
         result = target.alias("t").merge(source.alias("s"), cond).whenNotMatchedInsertAll().execute()
         rows = result.collect() if result is not None else []
     if not rows:
         return None
     return int(rows[0]["num_inserted_rows"])
-
-
-def append_once(df: DataFrame, path: str, *, app_id: str, version: int) -> None:
-    """Append ``df`` to the Delta table at ``path`` unless (app id, version) was already committed."""
-    writer = df.write.format("delta").mode("append")
-    if txn_enabled():
-        writer = writer.option("txnAppId", app_id).option("txnVersion", version)
-    writer.save(path)
 
 
 def table_version(spark: SparkSession, path: str) -> int:

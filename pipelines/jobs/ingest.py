@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,10 @@ from pipelines.config import Config, load_config
 from pipelines.domain import schema as S
 from pipelines.domain import transforms as X
 from pipelines.domain.schema import EventSpec
-from pipelines.errors import ConfigError, PipelineError
+from pipelines.errors import CheckpointRewindError, ConfigError, PipelineError
 from pipelines.io import writers
 from pipelines.io.kafka_source import source_options
-from pipelines.io.tables import BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
+from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
 
 
 @dataclass
@@ -106,8 +106,10 @@ class IngestJob:
         app_id: Fixed app id (tests and backfills); otherwise derived from the checkpoint.
         out: Where progress lines go (None: silent).
         silver_merge_scope: "table" (compare against every silver row) or "event_date"
-            (only rows dated from the batch's earliest event date minus ``slack_days``).
+            (only rows dated within ``slack_days`` of one of the batch's event dates).
         slack_days: See ``silver_merge_scope``.
+        silver_writer: Writes the deduplicated silver rows (default :func:`merge_silver`);
+            a seam for tests that need a deliberately broken writer.
 
     """
 
@@ -122,6 +124,7 @@ class IngestJob:
         out: Callable[[str], None] | None = print,
         silver_merge_scope: str = "table",
         slack_days: int = 1,
+        silver_writer: SilverWriter | None = None,
     ) -> None:
         if app_id is None and checkpoint is None:
             raise ValueError("IngestJob needs an app_id or a checkpoint to derive it from")
@@ -138,11 +141,15 @@ class IngestJob:
         self._app_id = app_id
         self.out = out
         self.results: list[BatchResult] = []
+        self.silver_writer = silver_writer or merge_silver
+        #: A PipelineError raised inside a batch, kept so that run_ingest can show it as it is.
+        self.fatal: PipelineError | None = None
         self._jvm_pid: int | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, *, app_id: str | None = None,
-                    out: Callable[[str], None] | None = print) -> IngestJob:
+                    out: Callable[[str], None] | None = print,
+                    silver_writer: SilverWriter | None = None) -> IngestJob:
         """Build the job for ``cfg``."""
         if cfg.ingest.silver_merge_slack_days < 0:
             raise ConfigError(f"{', '.join(cfg.sources) or 'config'}: ingest.silver_merge_slack_days must be "
@@ -150,7 +157,7 @@ class IngestJob:
         return cls(EventSpec.from_config(cfg.events), TablePaths.from_config(cfg),
                    query_name=cfg.ingest.query_name, checkpoint=cfg.checkpoint_path, app_id=app_id,
                    out=out if cfg.ingest.progress else None, silver_merge_scope=cfg.ingest.silver_merge_scope,
-                   slack_days=cfg.ingest.silver_merge_slack_days)
+                   slack_days=cfg.ingest.silver_merge_slack_days, silver_writer=silver_writer)
 
     def app_id(self, spark: SparkSession) -> str:
         """``<query_name>-<query id>``: changes when the checkpoint is reset, as batch ids restart at 0."""
@@ -164,11 +171,18 @@ class IngestJob:
             return
         if self._jvm_pid is None:
             self._jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())  # type: ignore
-        (faults.arm if timer else faults.inject)(point, batch_id, self._jvm_pid)
+        if timer:
+            faults.arm(point, batch_id, self._jvm_pid, table=self.tables.silver)
+        else:
+            faults.inject(point, batch_id, self._jvm_pid)
 
     def foreach_batch(self, batch_df: DataFrame, batch_id: int) -> None:
         """The function handed to ``writeStream.foreachBatch``."""
-        self.process_batch(batch_df, batch_id)
+        try:
+            self.process_batch(batch_df, batch_id)
+        except PipelineError as e:
+            self.fatal = e
+            raise
 
     def process_batch(self, batch_df: DataFrame, batch_id: int) -> BatchResult:
         """Parse, validate, dedupe and write one micro-batch; idempotent per ``batch_id``."""
@@ -193,7 +207,7 @@ class IngestJob:
                 F.count(F.lit(1)).alias("rows"),
                 F.sum((F.size(S.REASON_CODES) == 0).cast("long")).alias("valid"),
                 F.max(S.KAFKA_TIMESTAMP).alias("max_ts"),
-                F.min(F.when(F.size(S.REASON_CODES) == 0, F.col(S.EVENT_DATE))).alias("min_date"),
+                F.collect_set(F.when(F.size(S.REASON_CODES) == 0, F.col(S.EVENT_DATE))).alias("dates"),
             ).collect()
             t = lap("stats", t0)
             res.rows_read = sum(int(r["rows"]) for r in stats)
@@ -203,27 +217,35 @@ class IngestJob:
                                                                                          int(r["last"])]
             stamps = [r["max_ts"] for r in stats if r["max_ts"] is not None]
             res.max_kafka_timestamp = max(stamps) if stamps else None
-            dates = [r["min_date"] for r in stats if r["min_date"] is not None]
+            dates = sorted({d for r in stats for d in (r["dates"] or [])})
             if res.rows_read == 0:
                 res.bronze_inserted = res.quarantined = res.silver_inserted = res.duplicates_in_table = 0
                 return res
             lineage = X.with_lineage(batch_id, app_id, F.lit(now).cast("timestamp"))
             coords = _offset_range_predicate(res.offsets)
+            meta = writers.batch_metadata(app_id, batch_id, res.offsets)
+
+            def confirmed(name: str, inserted: int | None) -> int:
+                """Rows inserted; for a write Delta skipped, what the batch's own commit inserted."""
+                if inserted is not None:
+                    return inserted
+                res.replayed = res.replayed or name == SILVER
+                return self._confirm_replay(spark, name, app_id, batch_id, res.offsets)
 
             # 1. bronze: every record once, keyed on its Kafka coordinates.
-            res.bronze_inserted = writers.merge_insert_if_absent(
+            res.bronze_inserted = confirmed(BRONZE, writers.merge_insert_if_absent(
                 raw.transform(lineage).transform(X.to_bronze), self.tables.bronze, S.COORDINATES,
-                app_id=app_id, version=batch_id, target_predicate=coords)
+                app_id=app_id, version=batch_id, target_predicate=coords, metadata=meta))
             t = lap("bronze", t)
             self._fault(spark, faults.AFTER_BRONZE, batch_id)
 
             # 2. quarantine: records that cannot become silver rows, with reasons (no write when
             #    there are none: skipping a transaction version is fine, later ones are higher).
             if res.valid_rows < res.rows_read:
-                res.quarantined = writers.merge_insert_if_absent(
+                res.quarantined = confirmed(QUARANTINE, writers.merge_insert_if_absent(
                     parsed.transform(X.invalid_rows).transform(lineage).transform(X.to_quarantine),
                     self.tables.quarantine, S.COORDINATES, app_id=app_id, version=batch_id,
-                    target_predicate=coords)
+                    target_predicate=coords, metadata=meta))
             else:
                 res.quarantined = 0
             t = lap("quarantine", t)
@@ -237,28 +259,19 @@ class IngestJob:
             t = lap("dedupe", t)
             self._fault(spark, faults.DURING_SILVER, batch_id, timer=True)
             silver_rows = annotated.transform(X.first_copies).transform(lineage).transform(X.to_silver(self.spec))
-            if os.environ.get(writers.UNSAFE_SILVER_APPEND_ENV) == "1":  # deliberately broken (tests only)
-                silver_rows.write.format("delta").mode("append").save(self.tables.silver)
-                res.silver_inserted = kept
-            else:
-                scope = (event_date_scope(min(dates), self.slack_days)
-                         if self.silver_merge_scope == "event_date" and dates else None)
-                res.silver_inserted = writers.merge_insert_if_absent(
-                    silver_rows, self.tables.silver, [S.MESSAGE_ID], app_id=app_id, version=batch_id,
-                    target_predicate=scope)
-            if res.silver_inserted is None:  # replay of a committed batch: report what that commit did
-                res.replayed = True
-                res.silver_inserted = (spark.read.format("delta").load(self.tables.silver)
-                                       .filter((F.col(S.BATCH_ID) == batch_id) & (F.col(S.APP_ID) == app_id))
-                                       .count())
+            scope = (event_date_scope(dates, self.slack_days)
+                     if self.silver_merge_scope == "event_date" and dates else None)
+            res.silver_inserted = confirmed(SILVER, self.silver_writer(
+                silver_rows, self.tables.silver, app_id=app_id, version=batch_id, target_predicate=scope,
+                metadata=meta))
             res.duplicates_in_table = kept - res.silver_inserted
             t = lap("silver", t)
             self._fault(spark, faults.AFTER_SILVER, batch_id)
 
-            # 4. audit: one row per batch (skipped if this batch's row is already there).
+            # 4. audit: one row per (app id, batch id), keyed, so a re-run never adds a second one.
             res.duration_ms = int((time.monotonic() - t0) * 1000)
             res.timings_ms = timings
-            self._write_audit(spark, res, now)
+            self._write_audit(spark, res, now, meta)
             lap("audit", t)
             self._fault(spark, faults.AFTER_AUDIT, batch_id)
         finally:
@@ -273,7 +286,42 @@ class IngestJob:
             self.out(res.progress_line())
         return res
 
-    def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime) -> None:
+    def _confirm_replay(self, spark: SparkSession, name: str, app_id: str, batch_id: int,
+                        offsets: dict[str, dict[str, list[int]]]) -> int:
+        """Delta skipped a write of this (app id, batch id): prove it is the same batch again.
+
+        Spark re-runs an uncommitted batch with the same id *and the same offsets*; then the
+        table's commit of that batch carries those offsets, and skipping is right. If the
+        checkpoint was rewound (``offsets/`` and ``commits/`` deleted, or an older copy
+        restored) the query id, hence the app id, stays, batch ids restart, and Delta would
+        silently skip batches it never saw: refuse instead.
+
+        Returns:
+            The rows that table's commit of this batch inserted.
+
+        Raises:
+            CheckpointRewindError: no commit of this batch, or one for other offsets.
+
+        """
+        path = self.tables.of(name)
+        commit = writers.find_batch_commit(spark, path, app_id, batch_id)
+        if commit is not None and commit.offsets == offsets:
+            return commit.inserted()
+        found = (f"its commit (table version {commit.version}) covered offsets {_short(commit.offsets)}"
+                 if commit is not None else "the table has no commit of that batch")
+        raise CheckpointRewindError(
+            f"batch {batch_id} of app id {app_id} reads offsets {_short(offsets)}, but the {name} table at "
+            f"{path} already recorded a later or equal batch of this app id and {found}. The checkpoint at "
+            f"{self.checkpoint or '(none)'} was rewound (offsets/ and commits/ deleted, or an older copy "
+            "restored) while its metadata kept the query id: Delta would silently skip this batch's "
+            "records. Nothing of this batch was written.",
+            hint="give the job a new transaction app id: set ingest.query_name to a new value (e.g. "
+                 f"{self.query_name}-2), or delete the whole checkpoint folder (a new query id; it re-reads "
+                 "from kafka.starting_offsets). Both are safe: bronze, quarantine and silver are keyed, "
+                 "so records already written are not written twice.",
+        )
+
+    def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime, meta: str) -> None:
         finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         versions = {name: writers.table_version(spark, self.tables.of(name)) for name in (BRONZE, QUARANTINE, SILVER)}
         row = (
@@ -282,20 +330,62 @@ class IngestJob:
             res.valid_rows, res.duplicates_in_batch, res.conflicting_in_batch, res.duplicates_in_table,
             res.silver_inserted, res.max_kafka_timestamp, versions, res.timings_ms,
         )
-        writers.append_once(spark.createDataFrame([row], S.AUDIT_SCHEMA), self.tables.audit,
-                            app_id=res.app_id, version=res.batch_id)
+        written = writers.merge_insert_if_absent(
+            spark.createDataFrame([row], S.AUDIT_SCHEMA), self.tables.audit, [S.APP_ID, S.BATCH_ID],
+            app_id=res.app_id, version=res.batch_id, metadata=meta,
+            target_predicate=f"t.{S.APP_ID} = {_sql_str(res.app_id)} AND t.{S.BATCH_ID} = {res.batch_id}")
+        if written is None:
+            self._confirm_replay(spark, AUDIT, res.app_id, res.batch_id, res.offsets)
 
 
-def event_date_scope(earliest: dt.date, slack_days: int) -> str:
+SilverWriter = Callable[..., "int | None"]
+"""Writes a batch's deduplicated silver rows: ``(rows, path, *, app_id, version,
+target_predicate, metadata) -> rows inserted, or None if Delta skipped it as a replay``."""
+
+
+def merge_silver(rows: DataFrame, path: str, *, app_id: str, version: int, target_predicate: str | None,
+                 metadata: str) -> int | None:
+    """The silver write: insert-if-absent on ``message_id`` (see :func:`writers.merge_insert_if_absent`)."""
+    return writers.merge_insert_if_absent(rows, path, [S.MESSAGE_ID], app_id=app_id, version=version,
+                                          target_predicate=target_predicate, metadata=metadata)
+
+
+def _short(offsets: dict[str, dict[str, list[int]]]) -> str:
+    text = json.dumps(offsets, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+MAX_SCOPE_RANGES = 64
+
+
+def event_date_scope(dates: Iterable[dt.date], slack_days: int) -> str:
     """The silver MERGE's target restriction for ``silver_merge_scope: event_date``.
 
-    A copy of a message dated D is matched against target rows dated from ``earliest - slack``
-    on, where ``earliest <= D`` is the batch's earliest event date: its first copy is found
-    whenever that copy's date is at least ``D - slack_days``, in particular when the copies are
-    identical (retries, redeliveries, replays), whatever their age.
+    A copy of a message dated D is matched against target rows dated within ``slack_days`` of
+    D, for each distinct valid date D of the batch: the first copy is found whenever it is
+    dated at most ``slack_days`` away from the copy, in particular when the copies are identical
+    (retries, redeliveries, replays), whatever their age. One straggler dated far back adds its
+    own small range, not every day since. Overlapping ranges are merged; past
+    ``MAX_SCOPE_RANGES`` the closest ones are joined (a wider, still correct, restriction).
     """
-    start = earliest - dt.timedelta(days=slack_days)
-    return f"t.{S.EVENT_DATE} >= DATE'{start.isoformat()}'"
+    slack = dt.timedelta(days=slack_days)
+    ranges: list[list[dt.date]] = []
+    for d in sorted(set(dates)):
+        lo, hi = d - slack, d + slack
+        if ranges and lo <= ranges[-1][1] + dt.timedelta(days=1):
+            ranges[-1][1] = max(ranges[-1][1], hi)
+        else:
+            ranges.append([lo, hi])
+    if not ranges:
+        return "false"
+    while len(ranges) > MAX_SCOPE_RANGES:  # join across the smallest gap
+        i = min(range(len(ranges) - 1), key=lambda j: ranges[j + 1][0] - ranges[j][1])
+        ranges[i:i + 2] = [[ranges[i][0], ranges[i + 1][1]]]
+    col = f"t.{S.EVENT_DATE}"
+    return " OR ".join(
+        f"({col} = DATE'{lo.isoformat()}')" if lo == hi
+        else f"({col} BETWEEN DATE'{lo.isoformat()}' AND DATE'{hi.isoformat()}')"
+        for lo, hi in ranges)
 
 
 def _sql_str(value: str) -> str:
@@ -370,16 +460,20 @@ class IngestSummary:
 
 def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None = None,
                stop_event: threading.Event | None = None, install_signal_handlers: bool = False,
-               grace_s: float = 120.0) -> IngestSummary:
+               grace_s: float = 120.0, job: IngestJob | None = None) -> IngestSummary:
     """Run the ingest query until it finishes (availableNow) or is asked to stop.
 
     On SIGINT/SIGTERM (when ``install_signal_handlers``) or ``stop_event``, the current batch is
     allowed to finish (up to ``grace_s``) and the query is stopped; a batch cut short is not
-    committed to the checkpoint and is replayed, idempotently, on the next start.
+    committed to the checkpoint and is replayed, idempotently, on the next start. ``job`` is
+    the batch function's owner (default: :meth:`IngestJob.from_config`).
+
+    Raises:
+        PipelineError: the query failed; :class:`CheckpointRewindError` when a batch refused to run.
     """
     t0 = time.monotonic()
     stop_event = stop_event or threading.Event()
-    job = IngestJob.from_config(cfg)
+    job = job or IngestJob.from_config(cfg)
     summary = IngestSummary()
     previous: dict[signal.Signals, Any] = {}
     if install_signal_handlers:
@@ -396,6 +490,8 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
             error = _await(query, stop_event, grace_s, summary)
             if error is None:
                 break
+            if job.fatal is not None:  # our own refusal inside a batch: show it as it is
+                raise job.fatal
             if is_spark_55271(error) and restarts < MAX_BUG_RESTARTS:
                 # Spark 4.1.1 bug (SPARK-55271): after re-running a batch that a crash left
                 # uncommitted, the Kafka source's progress metrics throw an NPE *after* the batch
@@ -483,8 +579,11 @@ def explain_stream_error(text: str) -> str:
     return root[:1200]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``spark-submit pipelines/jobs/ingest.py --conf conf/local.yaml``."""
+def main(argv: list[str] | None = None, *, silver_writer: SilverWriter | None = None) -> int:
+    """Entry point for ``spark-submit pipelines/jobs/ingest.py --conf conf/local.yaml``.
+
+    ``silver_writer`` replaces the silver write (a seam for tests; see :class:`IngestJob`).
+    """
     p = argparse.ArgumentParser(prog="ingest", description="Exactly-once Kafka -> Delta ingestion.")
     p.add_argument("--conf", default="conf/local.yaml", help="environment config file (default: %(default)s)")
     p.add_argument("--available-now", action="store_true", help="catch up with Kafka, then exit")
@@ -493,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.conf)
     spark = build_session(cfg)
-    summary = run_ingest(spark, cfg, available_now=args.available_now or None, install_signal_handlers=True)
+    job = IngestJob.from_config(cfg, silver_writer=silver_writer)
+    summary = run_ingest(spark, cfg, available_now=args.available_now or None, install_signal_handlers=True,
+                         job=job)
     print(json.dumps(summary.as_dict()))
     return 0
 

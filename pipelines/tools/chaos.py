@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,8 @@ from pipelines.config import Config
 from pipelines.local.kafka import LocalKafka
 
 KILL, BROKER_KILL, BROKER_RESTART, CHECKPOINT_RESET = "kill", "broker-kill", "broker-restart", "checkpoint-reset"
+_CRASH_LINE = re.compile(r"\[fault\] injected crash at (?P<point>\w+) in batch \d+"
+                         r"(?: \(table version at start (?P<before>-?\d+), at kill (?P<after>-?\d+)\))?")
 
 
 @dataclass
@@ -44,7 +47,9 @@ class ChaosReport:
     actions: Counter[str] = field(default_factory=Counter)
     produced: dict = field(default_factory=dict)
     verify: dict = field(default_factory=dict)
-    faults_fired: int = 0
+    faults_fired: Counter[str] = field(default_factory=Counter)
+    #: ``during_silver_merge`` kills that landed before the MERGE's commit (table version unchanged).
+    merge_kills_inside_commit: int = 0
     bug_restarts: int = 0
     seconds: float = 0.0
     silver_merge_scope: str = "table"
@@ -62,7 +67,9 @@ class ChaosReport:
             ("rounds", self.rounds),
             ("silver merge scope", self.silver_merge_scope),
             *[(f"actions: {k}", v) for k, v in sorted(self.actions.items())],
-            ("targeted crashes that fired", self.faults_fired),
+            *[(f"fired: {p}", self.faults_fired[p]) for p in faults.POINTS if p in self.faults_fired
+              or f"fault:{p}" in self.actions],
+            ("kills inside the silver MERGE commit", self.merge_kills_inside_commit),
             ("SPARK-55271 restarts", self.bug_restarts),
             ("events produced", self.produced.get("sent", 0)),
             ("duplicates injected", self.produced.get("duplicates", 0)),
@@ -97,12 +104,19 @@ def _committed_batches(checkpoint: str) -> int:
 
 
 class _Job:
-    """One ingest process in its own process group."""
+    """One ingest process in its own process group.
 
-    def __init__(self, conf_file: str, env: dict[str, str], log: Path, extra: list[str] | None = None) -> None:
+    ``command`` replaces ``python -m pipelines ingest`` (it gets ``--conf FILE`` and the extra
+    arguments): the seam through which a test runs a deliberately broken job.
+    """
+
+    def __init__(self, conf_file: str, env: dict[str, str], log: Path, extra: list[str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.log = open(log, "a")  # noqa: SIM115 - closed in wait/kill
+        argv = ([*command, "--conf", conf_file] if command
+                else [sys.executable, "-m", "pipelines", "--conf", conf_file, "ingest"])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", "--conf", conf_file, "ingest", *(extra or [])],
+            [*argv, *(extra or [])],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=paths.REPO_ROOT,
         )
 
@@ -138,6 +152,7 @@ def run_chaos(
     round_seconds: tuple[float, float] = (15.0, 35.0),
     work_dir: Path,
     extra_env: dict[str, str] | None = None,
+    ingest_command: list[str] | None = None,
     actions: list[str] | None = None,
     out=print,  # noqa: ANN001
 ) -> ChaosReport:
@@ -185,7 +200,7 @@ def run_chaos(
             job_env[faults.MIN_BATCH_ENV] = str(_committed_batches(cfg.checkpoint_path) + rng.randint(0, 2))
         if action == CHECKPOINT_RESET:
             shutil.rmtree(cfg.checkpoint_path, ignore_errors=True)
-        job = _Job(conf_file, job_env, log)
+        job = _Job(conf_file, job_env, log, command=ingest_command)
         wait_s = rng.uniform(*round_seconds)
         if action.startswith("fault:"):
             if job.wait(wait_s + 60) is None:  # the point was not reached (no data): kill instead
@@ -205,7 +220,7 @@ def run_chaos(
             job.kill()
     prod.join(timeout=900)
     out("[chaos] producer done; catching up (available-now) ...")
-    final = _Job(conf_file, env, log, ["--available-now"])
+    final = _Job(conf_file, env, log, ["--available-now"], command=ingest_command)
     rc = final.wait(1800)
     if rc != 0:
         out(f"[chaos] the catch-up run failed (exit {rc}); see {log}")
@@ -217,7 +232,10 @@ def run_chaos(
         report.verify = {"ok": False, "error": res.stderr[-2000:]}
     report.produced = produced
     text = log.read_text(errors="replace") if log.exists() else ""
-    report.faults_fired = text.count("[fault] injected crash")
+    for m in _CRASH_LINE.finditer(text):
+        report.faults_fired[m["point"]] += 1
+        if m["before"] is not None and m["before"] == m["after"]:
+            report.merge_kills_inside_commit += 1
     report.bug_restarts = text.count("SPARK-55271")
     report.seconds = time.monotonic() - t0
     return report

@@ -29,13 +29,23 @@ def test_bounded_chaos_run_loses_and_doubles_nothing(tmp_path):
     assert table["missing (silver)"] == "0" and table["duplicated (silver)"] == "0"
     assert int(table["events produced"]) == 8000
     assert table["silver merge scope"] == "table"  # the default
+    # The faults it scheduled fired: seed 3 schedules a random kill, a broker kill, a checkpoint
+    # reset and two kills in the middle of the silver MERGE, of which at least one landed
+    # before the MERGE's commit (the table version at the kill is the one at its start).
+    assert int(table["actions: kill"]) == 1 and int(table["actions: broker-kill"]) == 1
+    assert int(table["actions: checkpoint-reset"]) == 1
+    assert int(table["fired: during_silver_merge"]) >= 1
+    assert int(table["kills inside the silver MERGE commit"]) >= 1
 
 
 def test_harness_catches_a_broken_pipeline(tmp_path):
-    # Silver as a plain append (at-least-once): a crash after the silver commit must show up as duplicates.
+    # Silver as a plain append (at-least-once), injected from here: a crash after the silver
+    # commit must show up as duplicates.
+    broken = f"{sys.executable} {Path(__file__).with_name('broken_ingest.py')}"
     res = chaos(tmp_path, "--rounds", "2", "--events", "3000", "--broker-restarts", "0", "--no-checkpoint-reset",
-                "--actions", "fault:after_silver_commit,kill", "--unsafe-silver-append", "--max-offsets", "2000")
+                "--actions", "fault:after_silver_commit,kill", "--ingest-command", broken, "--max-offsets", "2000")
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     table = dict(line.rsplit(None, 1) for line in res.stdout.splitlines() if line and "  " in line)
     assert table["result"] == "FAIL"
+    assert int(table["fired: after_silver_commit"]) == 1
     assert int(table["duplicated (silver)"]) > 0
