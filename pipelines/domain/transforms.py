@@ -37,8 +37,8 @@ _CONFLICT = "_p_conflict"
 
 _INT_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
 # An ISO-8601 timestamp must carry its zone: Z or ±hh[:mm].
-_ZONE_SUFFIX = r"(?i)(z|[+-]\d{2}(:?\d{2})?)$"
-_ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}"
+# The whole text: date, T or space, hh:mm:ss, an optional fraction (up to 9 digits), a zone.
+_ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(?i:z|[+-]\d{2}(:?\d{2})?)$"
 _PLAIN_DECIMAL = r"^[+-]?(\d+\.?\d*|\.\d+)$"
 # Message IDs: leading/trailing ASCII whitespace (space, tab, LF, CR, FF, VT).
 _ID_EDGE_SPACE = "^[ \\t\\n\\r\\f\\x0B]+|[ \\t\\n\\r\\f\\x0B]+$"
@@ -128,7 +128,7 @@ def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Check]]:
     elif isinstance(stype, T.TimestampType):
         ok_type = vtype == F.lit("STRING")
         ts = F.try_to_timestamp(text)
-        good = ts.isNotNull() & text.rlike(_ZONE_SUFFIX) & text.rlike(_ISO_DATETIME)
+        good = ts.isNotNull() & text.rlike(_ISO_DATETIME)
         checks.append(wrong(ok_type, "an ISO-8601 timestamp string"))
         checks.append(_check(present & ok_type & ~good, f"{Reason.BAD_TIMESTAMP}:{f.name}",
                              F.concat(F.lit(f"{f.name} "), shown,
@@ -155,9 +155,11 @@ def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Check]]:
         checks.append(wrong(ok_type, "a string"))
         value = F.when(present & ok_type, text)
         if f.allowed is not None:
-            checks.append(_check(present & ok_type & ~text.isin(*f.allowed), f"{Reason.INVALID_VALUE}:{f.name}",
+            allowed = text.isin(*f.allowed)
+            checks.append(_check(present & ok_type & ~allowed, f"{Reason.INVALID_VALUE}:{f.name}",
                                  F.concat(F.lit(f"{f.name} "), shown,
                                           F.lit(f" is not one of {', '.join(f.allowed)}"))))
+            value = F.when(present & ok_type & allowed, text)
     return value.cast(stype), checks
 
 
