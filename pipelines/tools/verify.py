@@ -1,36 +1,46 @@
 """Reconciliation: the source topic (read again, from earliest) against the Delta tables.
 
-Checks, each reported with a count and a few samples:
+``verify`` does not reuse the pipeline's parser: every record is decoded a second time by
+:mod:`pipelines.tools.reference` (plain ``json`` + ``decimal`` on the executors), so a parser bug
+shows up here as a discrepancy instead of being reproduced on both sides. Checks, each reported
+with a count and a few samples:
 
 - bronze: every Kafka record exactly once (missing, duplicated, unexpected coordinates);
-- quarantine: every record that fails the contract is there, with reasons, exactly once;
-  nothing valid is there;
-- silver: every valid message_id exactly once (missing, duplicated, unexpected IDs), and the
-  kept row's payload equals the record at the coordinates it names (payload mismatch);
+- quarantine: every record that fails the contract is there, exactly once, with the reason
+  codes the reference decoding finds; nothing valid is there;
+- silver: every valid message_id exactly once (missing, duplicated, unexpected IDs); the kept
+  row's payload equals the record at the coordinates it names, and its typed values equal the
+  reference decoding of that record;
 - coverage: every record is accounted for (silver, a dropped duplicate of a silver ID, or
   quarantine);
+- audit: one row per (app id, batch id), no NULL counts, and its inserted counts add up to the
+  rows of bronze, quarantine and silver;
 - ledger (optional): the producer's acknowledged records agree with the tables: every valid
   message_id in silver, every malformed record quarantined with the expected reason.
 
 Run it after the ingest job has caught up (``ingest --available-now``); records produced
-after the job's last batch show up as missing.
+after the job's last batch show up as missing. The topic is read with the job's isolation
+level (``kafka.isolation_level``), so records of aborted transactions are not expected anywhere.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from pipelines.config import Config
 from pipelines.domain import schema as S
-from pipelines.domain import transforms as X
-from pipelines.domain.schema import EventSpec
+from pipelines.domain.schema import EventSpec, spark_type
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import TablePaths
+from pipelines.tools.reference import Decoder
 
 SAMPLES = 5
 
@@ -93,6 +103,7 @@ class VerifyReport:
 
 
 def _check(name: str, df: DataFrame, describe: list[str], informational: bool = False) -> Check:
+    """Count the rows of ``df`` and keep a few as samples (one action when there are none)."""
     rows = df.limit(SAMPLES).collect()
     count = df.count() if rows else 0
     samples = [", ".join(f"{c}={r[c]}" for c in describe) for r in rows]
@@ -107,21 +118,61 @@ def read_topic(spark: SparkSession, cfg: Config) -> DataFrame:
     return reader.load()
 
 
+_VALID = "_ref_valid"
+
+
+def reference_decoding(topic: DataFrame, spec: EventSpec) -> DataFrame:
+    """Decode Spark Kafka-source rows with the reference decoder, on the executors.
+
+    Returns the coordinates, ``message_id``, ``reason_codes`` (sorted, distinct), ``payload``
+    (the value as UTF-8 text), one typed column per data field, ``event_date`` and a validity flag.
+    """
+    decoder = Decoder(spec)
+    data_fields = [f.name for f in spec.data_fields]
+    schema = T.StructType([
+        T.StructField(S.KAFKA_TOPIC, T.StringType()), T.StructField(S.KAFKA_PARTITION, T.IntegerType()),
+        T.StructField(S.KAFKA_OFFSET, T.LongType()), T.StructField(S.MESSAGE_ID, T.StringType()),
+        T.StructField(S.REASON_CODES, T.ArrayType(T.StringType())), T.StructField(S.PAYLOAD, T.StringType()),
+        *[T.StructField(f.name, spark_type(f.type)) for f in spec.data_fields],
+        T.StructField(S.EVENT_DATE, T.DateType()), T.StructField(_VALID, T.BooleanType()),
+    ])
+
+    def utc(v: Any) -> Any:  # naive UTC datetimes, made explicit so no local zone is applied
+        return v.replace(tzinfo=dt.UTC) if isinstance(v, dt.datetime) else v
+
+    def decode_partition(rows: Iterable[Row]) -> Iterator[tuple]:
+        for r in rows:
+            value = None if r.value is None else bytes(r.value)
+            headers = [(h["key"], None if h["value"] is None else bytes(h["value"])) for h in (r.headers or [])]
+            d = decoder.decode(value, None if r.key is None else bytes(r.key), headers)
+            try:
+                payload = value.decode("utf-8") if value is not None else None
+            except UnicodeDecodeError:
+                payload = None
+            yield (r.topic, r.partition, r.offset, d.message_id, list(d.reason_codes), payload,
+                   *[utc(d.values[n]) for n in data_fields], d.event_date, d.valid)
+
+    cols = topic.select("key", "value", "topic", "partition", "offset", "headers")
+    return topic.sparkSession.createDataFrame(cols.rdd.mapPartitions(decode_partition), schema)
+
+
 def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None = None) -> VerifyReport:
-    """Reconcile the topic with bronze, quarantine and silver (and optionally a producer ledger)."""
+    """Reconcile the topic with bronze, quarantine, silver and audit (and optionally a producer ledger)."""
     spec = EventSpec.from_config(cfg.events)
     tables = TablePaths.from_config(cfg)
     coords = list(S.COORDINATES)
-    topic = read_topic(spark, cfg).transform(X.parse_records(spec)).persist()
+    data_fields = [f.name for f in spec.data_fields]
+    topic = reference_decoding(read_topic(spark, cfg), spec).persist()
     bronze = spark.read.format("delta").load(tables.bronze).select(*coords).persist()
     quarantine = spark.read.format("delta").load(tables.quarantine).select(
         *coords, S.REASON, S.REASON_CODES).persist()
     silver = spark.read.format("delta").load(tables.silver).select(
-        S.MESSAGE_ID, S.PAYLOAD, *coords).persist()
+        S.MESSAGE_ID, S.PAYLOAD, *coords, *data_fields, S.EVENT_DATE).persist()
+    audit = spark.read.format("delta").load(tables.audit).persist()
     report = VerifyReport()
     try:
-        valid = topic.filter(F.size(S.REASON_CODES) == 0)
-        invalid = topic.filter(F.size(S.REASON_CODES) > 0)
+        valid = topic.filter(F.col(_VALID))
+        invalid = topic.filter(~F.col(_VALID))
         valid_ids = valid.select(S.MESSAGE_ID).distinct()
         report.totals = {
             "topic_records": topic.count(),
@@ -141,14 +192,20 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
                         coords))
         # quarantine
         c.append(_check("quarantine: invalid records not quarantined",
-                        invalid.select(*coords, S.REASON).join(quarantine.select(*coords), coords, "left_anti"),
-                        [*coords, S.REASON]))
+                        invalid.select(*coords, S.REASON_CODES).join(quarantine.select(*coords), coords,
+                                                                      "left_anti"),
+                        [*coords, S.REASON_CODES]))
         c.append(_check("quarantine: duplicated records",
                         quarantine.groupBy(*coords).count().filter("count > 1"), [*coords, "count"]))
         c.append(_check("quarantine: valid records quarantined",
                         quarantine.join(valid.select(*coords), coords, "left_semi"), [*coords, S.REASON]))
         c.append(_check("quarantine: rows without a reason",
                         quarantine.filter((F.size(S.REASON_CODES) == 0) | F.col(S.REASON).isNull()), coords))
+        expected = invalid.select(*coords, F.col(S.REASON_CODES).alias("expected_codes"))
+        c.append(_check("quarantine: reason codes differ from the reference decoding",
+                        quarantine.join(expected, coords).filter(
+                            F.array_sort(F.array_distinct(S.REASON_CODES)) != F.col("expected_codes")),
+                        [*coords, S.REASON_CODES, "expected_codes"]))
         # silver
         c.append(_check("silver: missing message_ids",
                         valid_ids.join(silver.select(S.MESSAGE_ID), S.MESSAGE_ID, "left_anti"), [S.MESSAGE_ID]))
@@ -156,25 +213,59 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
                         silver.groupBy(S.MESSAGE_ID).count().filter("count > 1"), [S.MESSAGE_ID, "count"]))
         c.append(_check("silver: unexpected message_ids",
                         silver.select(S.MESSAGE_ID).join(valid_ids, S.MESSAGE_ID, "left_anti"), [S.MESSAGE_ID]))
-        src = valid.select(*coords, F.col(S.MESSAGE_ID).alias("src_id"), F.col(S.PAYLOAD).alias("src_payload"))
-        mismatch = silver.join(src, coords, "left").filter(
-            F.col("src_id").isNull() | (F.col("src_id") != F.col(S.MESSAGE_ID))
-            | (F.col("src_payload") != F.col(S.PAYLOAD)))
+        ref_cols = [*data_fields, S.EVENT_DATE]
+        src = valid.select(*coords, F.col(S.MESSAGE_ID).alias("src_id"), F.col(S.PAYLOAD).alias("src_payload"),
+                           *[F.col(n).alias(f"src_{n}") for n in ref_cols])
+        kept = silver.join(src, coords, "left")
+        mismatch = kept.filter(F.col("src_id").isNull() | (F.col("src_id") != F.col(S.MESSAGE_ID))
+                               | (F.col("src_payload") != F.col(S.PAYLOAD)))
         c.append(_check("silver: payload mismatches", mismatch, [S.MESSAGE_ID, *coords]))
+        differs = F.lit(False)
+        for n in ref_cols:
+            differs = differs | ~F.col(n).eqNullSafe(F.col(f"src_{n}"))
+        c.append(_check("silver: typed values differ from the reference decoding",
+                        kept.filter(F.col("src_id").isNotNull() & differs),
+                        [S.MESSAGE_ID, *coords, *ref_cols]))
         # coverage: every record ends up somewhere
-        unaccounted = (topic.select(*coords, S.MESSAGE_ID, S.REASON_CODES)
+        unaccounted = (topic.select(*coords, S.MESSAGE_ID, _VALID)
                        .join(quarantine.select(*coords, F.lit(True).alias("_q")), coords, "left")
                        .join(silver.select(S.MESSAGE_ID, F.lit(True).alias("_s")), S.MESSAGE_ID, "left")
-                       .filter(F.col("_q").isNull() & (F.col("_s").isNull() | (F.size(S.REASON_CODES) > 0))))
+                       .filter(F.col("_q").isNull() & (F.col("_s").isNull() | ~F.col(_VALID))))
         c.append(_check("coverage: records in neither silver nor quarantine", unaccounted, coords))
-        dropped = topic.count() - report.totals["silver_rows"] - report.totals["quarantine_rows"]
+        _audit_checks(report, audit)
+        dropped = report.totals["topic_records"] - report.totals["silver_rows"] - report.totals["quarantine_rows"]
         c.append(Check("info: duplicate copies dropped", max(dropped, 0), informational=True))
         if ledger_files:
             _ledger_checks(spark, report, ledger_files, silver, quarantine)
     finally:
-        for df in (topic, bronze, quarantine, silver):
+        for df in (topic, bronze, quarantine, silver, audit):
             df.unpersist()
     return report
+
+
+_AUDIT_COUNTS = ("rows_read", "bronze_inserted", "quarantined", "valid_rows", "duplicates_in_batch",
+                 "conflicting_in_batch", "duplicates_in_table", "silver_inserted")
+
+
+def _audit_checks(report: VerifyReport, audit: DataFrame) -> None:
+    """One row per (app id, batch id), no NULL counts, inserted counts that add up to the tables."""
+    c = report.checks
+    c.append(_check("audit: duplicated batches",
+                    audit.groupBy(S.APP_ID, S.BATCH_ID).count().filter("count > 1"), [S.APP_ID, S.BATCH_ID, "count"]))
+    any_null = F.lit(False)
+    for name in _AUDIT_COUNTS:
+        any_null = any_null | F.col(name).isNull()
+    c.append(_check("audit: batches with NULL counts", audit.filter(any_null), [S.APP_ID, S.BATCH_ID]))
+    sums = audit.agg(*[F.coalesce(F.sum(n), F.lit(0)).alias(n)
+                       for n in ("bronze_inserted", "quarantined", "silver_inserted")]).first()
+    assert sums is not None
+    t = report.totals
+    off = [f"{table}: audit says {sums[col]}, the table has {t[rows]}"
+           for table, col, rows in (("bronze", "bronze_inserted", "bronze_rows"),
+                                    ("quarantine", "quarantined", "quarantine_rows"),
+                                    ("silver", "silver_inserted", "silver_rows"))
+           if int(sums[col]) != t[rows]]
+    c.append(Check("audit: inserted counts that do not add up to the tables", len(off), off))
 
 
 def _ledger_checks(spark: SparkSession, report: VerifyReport, files: list[Path],
