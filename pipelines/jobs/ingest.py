@@ -415,7 +415,7 @@ def kafka_stream(spark: SparkSession, cfg: Config) -> DataFrame:
 
 
 def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None = None,
-                 job: IngestJob | None = None) -> StreamingQuery:
+                 job: IngestJob | None = None, once: bool = False) -> StreamingQuery:
     """Create the tables if needed and start the ingest query; returns the StreamingQuery.
 
     Args:
@@ -423,6 +423,8 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
         cfg: The configuration.
         available_now: Catch up with what is in Kafka now, then stop (default: ``ingest.trigger``).
         job: The batch function's owner (default: :meth:`IngestJob.from_config`).
+        once: Run a single batch (used to finish a batch a stop interrupted: on a restart Spark
+            first re-runs the planned, uncommitted batch).
 
     """
     job = job or IngestJob.from_config(cfg)
@@ -434,8 +436,12 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
         .option("checkpointLocation", cfg.checkpoint_path)
         .foreachBatch(job.foreach_batch)
     )
-    writer = writer.trigger(availableNow=True) if available_now else writer.trigger(
-        processingTime=cfg.ingest.trigger_interval)
+    if once:
+        writer = writer.trigger(once=True)
+    elif available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=cfg.ingest.trigger_interval)
     return writer.start()
 
 
@@ -485,26 +491,34 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
             previous[sig] = signal.signal(sig, handler)
     try:
         restarts = 0
+        once = False
         while True:
-            query = start_ingest(spark, cfg, available_now=available_now, job=job)
-            error = _await(query, stop_event, grace_s, summary)
-            if error is None:
-                break
-            if job.fatal is not None:  # our own refusal inside a batch: show it as it is
-                raise job.fatal
-            if is_spark_55271(error) and restarts < MAX_BUG_RESTARTS:
+            query = start_ingest(spark, cfg, available_now=available_now, job=job, once=once)
+            error = _await(query, stop_event if not once else threading.Event(), grace_s, summary)
+            if error is not None:
+                if job.fatal is not None:  # our own refusal inside a batch: show it as it is
+                    raise job.fatal
+                if not (is_spark_55271(error) and restarts < MAX_BUG_RESTARTS):
+                    raise PipelineError(
+                        f"the ingest query failed: {explain_stream_error(str(error))}",
+                        hint="fix the cause and start again: the checkpoint resumes where it stopped, "
+                             "and the replayed batch is skipped or merged idempotently",
+                    )
                 # Spark 4.1.1 bug (SPARK-55271): after re-running a batch that a crash left
                 # uncommitted, the Kafka source's progress metrics throw an NPE *after* the batch
                 # was committed. Starting again resumes from that commit.
                 restarts += 1
                 print("[ingest] the re-run of an uncommitted batch hit Spark bug SPARK-55271 after it "
                       "committed; restarting the query", file=sys.stderr, flush=True)
+                if not (once and pending_batch(spark, cfg.checkpoint_path) is None):
+                    continue
+            elif summary.stopped_by_signal and not once and pending_batch(spark, cfg.checkpoint_path) is not None:
+                # The stop landed as Spark had just planned the next batch (offsets logged, no
+                # commit): finish exactly that batch, so a graceful stop leaves nothing pending.
+                print("[ingest] finishing the batch the stop interrupted", file=sys.stderr, flush=True)
+                once = True
                 continue
-            raise PipelineError(
-                f"the ingest query failed: {explain_stream_error(str(error))}",
-                hint="fix the cause and start again: the checkpoint resumes where it stopped, "
-                     "and the replayed batch is skipped or merged idempotently",
-            )
+            break
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
@@ -520,6 +534,26 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
         summary.duplicates_in_table += r.duplicates_in_table or 0
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def pending_batch(spark: SparkSession, checkpoint: str) -> int | None:
+    """The id of a batch the checkpoint planned (``offsets/``) but did not commit (``commits/``), if any."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def ids(sub: str) -> set[int]:
+        path = jvm.org.apache.hadoop.fs.Path(checkpoint.rstrip("/") + "/" + sub)
+        fs = path.getFileSystem(conf)
+        if not fs.exists(path):
+            return set()
+        return {int(st.getPath().getName()) for st in fs.listStatus(path) if st.getPath().getName().isdigit()}
+
+    planned = ids("offsets")
+    if not planned:
+        return None
+    last = max(planned)
+    return None if last in ids("commits") else last
 
 
 MAX_BUG_RESTARTS = 3

@@ -59,6 +59,18 @@ def test_sigterm_stops_the_stream_cleanly(spark, make_cfg, tmp_path):
     assert summary["stopped_by_signal"] is True
     assert 2 <= summary["batches"] < 5  # stopped early: 1500 records at 300 per batch would be 5
 
+    # Graceful means: the last batch Spark planned (offsets/) has its commit marker (commits/),
+    # and no table holds a write of a batch beyond it (each committed batch has its audit row).
+    def ids(sub: str) -> list[int]:
+        return sorted(int(p.name) for p in Path(cfg.checkpoint_path, sub).glob("[0-9]*"))
+
+    planned, committed = ids("offsets"), ids("commits")
+    assert planned and planned == committed, (planned, committed)
+    audit = spark.read.format("delta").load(cfg.table_path("audit"))
+    assert sorted(r.batch_id for r in audit.select("batch_id").collect()) == committed
+    bronze_batches = {r.batch_id for r in spark.read.format("delta").load(cfg.table_path("bronze"))
+                      .select("batch_id").distinct().collect()}
+    assert max(bronze_batches) == committed[-1]
     print(f"stream stopped after {time.monotonic() - t0:.0f}s")
     # Resume: the rest is ingested exactly once.
     run_ingest(spark, cfg, available_now=True)

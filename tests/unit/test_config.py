@@ -104,3 +104,30 @@ def test_with_overrides_keeps_other_values():
     assert other.kafka.topics == ("t2",)
     assert other.kafka.bootstrap_servers == cfg.kafka.bootstrap_servers
     assert other.ingest.progress is False and cfg.ingest.progress is True
+
+
+@pytest.mark.parametrize("option", ["failOnDataLoss", "kafka.isolation.level", "startingOffsets",
+                                    "STARTINGOFFSETS", "maxOffsetsPerTrigger", "subscribePattern"])
+def test_kafka_options_cannot_override_managed_options(tmp_path, option):
+    from pipelines.io.kafka_source import source_options
+
+    env = write(tmp_path, "dev.yaml", f"kafka:\n  options:\n    {option}: 'x'\n")
+    cfg = load_config(env, environ={})
+    with pytest.raises(ConfigError) as e:
+        source_options(cfg)
+    assert f"kafka.options.{option}" in str(e.value) and str(env) in str(e.value)
+
+
+def test_source_options_read_committed_by_default_and_configurable(tmp_path):
+    from pipelines.io.kafka_source import source_options
+
+    cfg = load_config(REPO / "conf" / "local.yaml", environ={})
+    for streaming in (True, False):
+        opts = source_options(cfg, streaming=streaming)
+        assert opts["kafka.isolation.level"] == "read_committed" and opts["failOnDataLoss"] == "true"
+    env = write(tmp_path, "dev.yaml", "kafka:\n  isolation_level: read_uncommitted\n"
+                                      "  options:\n    kafka.security.protocol: SSL\n")
+    opts = source_options(load_config(env, environ={}))
+    assert opts["kafka.isolation.level"] == "read_uncommitted" and opts["kafka.security.protocol"] == "SSL"
+    with pytest.raises(ConfigError, match="kafka.isolation_level"):
+        load_config(write(tmp_path, "bad.yaml", "kafka:\n  isolation_level: committed\n"), environ={})
