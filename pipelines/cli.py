@@ -6,6 +6,7 @@ Commands:
     produce       send a seeded demo stream with duplicates and malformed records
     ingest        run the exactly-once ingest job (streaming, or --available-now)
     verify        reconcile the topic with the tables; exit 1 on any discrepancy
+    migrate       evolve existing tables to a changed event contract (safe changes only)
     demo          what `make run` does: broker, produce, ingest, verify, summary
     spark-args    print spark-submit arguments (--jars/--conf) equivalent to the session factory
     submit        run a job file with spark-submit, e.g. `submit pipelines/jobs/ingest.py --available-now`
@@ -68,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="reconcile the topic with bronze/quarantine/silver")
     v.add_argument("--ledger", action="store_true", help="also check the producer ledgers of the topic")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    mg = sub.add_parser("migrate", help="evolve existing tables to the event contract in the config (safe changes "
+                        "only: add an optional column, drop NOT NULL, widen a decimal)")
+    mg.add_argument("--dry-run", action="store_true", help="print the changes without applying them")
 
     d = sub.add_parser("demo", help="broker up, produce, ingest (available-now), verify, summary")
     d.add_argument("--events", type=int, help="default: producer.events")
@@ -205,6 +210,24 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
+    """``migrate``: apply the safe schema changes, or refuse naming the unsafe ones."""
+    from pipelines.domain.schema import EventSpec
+    from pipelines.io.tables import TablePaths, migrate_tables
+    from pipelines.session import build_session
+
+    spark = build_session(cfg)
+    changes = migrate_tables(spark, TablePaths.from_config(cfg), EventSpec.from_config(cfg.events),
+                             dry_run=args.dry_run)
+    if not changes:
+        print("migrate: the tables already match the config")
+    for c in changes:
+        print(f"{'would apply' if args.dry_run else 'applied'}: {c.message}")
+        for stmt in c.statements or ():
+            print(f"    {stmt}")
+    return 0
+
+
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     """``demo``: the whole flow of ``make run``."""
     import shutil
@@ -333,7 +356,7 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
-    "verify": cmd_verify, "demo": cmd_demo, "spark-args": cmd_spark_args, "submit": cmd_submit, "chaos": cmd_chaos,
+    "verify": cmd_verify, "migrate": cmd_migrate, "demo": cmd_demo, "spark-args": cmd_spark_args, "submit": cmd_submit, "chaos": cmd_chaos,
 }
 
 

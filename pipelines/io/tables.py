@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
@@ -59,28 +60,151 @@ def table_schemas(spec: EventSpec) -> dict[str, T.StructType]:
     }
 
 
+@dataclass(frozen=True)
+class SchemaChange:
+    """One difference between an existing table and the schema the code and contract declare.
+
+    ``statements`` are the SQL that evolve the table safely; None means there is no safe
+    in-place change (the message says what to do instead).
+    """
+
+    table: str
+    column: str
+    message: str
+    statements: tuple[str, ...] | None
+
+    @property
+    def safe(self) -> bool:
+        """True when :func:`migrate_tables` can apply it."""
+        return self.statements is not None
+
+
+def _is_decimal_widening(old: T.DataType, new: T.DataType) -> bool:
+    return (isinstance(old, T.DecimalType) and isinstance(new, T.DecimalType) and new.scale >= old.scale
+            and new.precision - new.scale >= old.precision - old.scale and new != old)
+
+
+def table_schema(spark: SparkSession, path: str) -> T.StructType:
+    """The schema Delta recorded for the table, with each column's nullability (NOT NULL or not)."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+    snapshot = log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
+    return T.StructType.fromJson(json.loads(snapshot.schema().json()))
+
+
+def _diff(name: str, path: str, have: T.StructType, want: T.StructType) -> list[SchemaChange]:
+    table = f"delta.`{path}`"
+    changes: list[SchemaChange] = []
+    existing = {f.name: f for f in have.fields}
+    declared = {f.name: f for f in want.fields}
+    for f in want.fields:
+        old = existing.get(f.name)
+        ddl = f.dataType.simpleString()
+        if old is None:
+            if f.nullable:
+                changes.append(SchemaChange(name, f.name, f"{name}.{f.name} ({ddl}) is declared but not in the table: "
+                                            "add it (existing rows get NULL)",
+                                            (f"ALTER TABLE {table} ADD COLUMNS (`{f.name}` {ddl})",)))
+            else:
+                changes.append(SchemaChange(name, f.name, f"{name}.{f.name} ({ddl}) is declared required but not in "
+                                            "the table: existing rows have no value for it. Declare it with "
+                                            "required: false, or write to new tables and backfill", None))
+            continue
+        if old.dataType != f.dataType:
+            if _is_decimal_widening(old.dataType, f.dataType):
+                changes.append(SchemaChange(
+                    name, f.name, f"{name}.{f.name} is {old.dataType.simpleString()} in the table, {ddl} declared: "
+                    "widen it (Delta type widening; readers need Delta 3.2 or later)",
+                    (f"ALTER TABLE {table} SET TBLPROPERTIES ('delta.enableTypeWidening' = 'true')",
+                     f"ALTER TABLE {table} ALTER COLUMN `{f.name}` TYPE {ddl}")))
+            else:
+                changes.append(SchemaChange(
+                    name, f.name, f"{name}.{f.name} is {old.dataType.simpleString()} in the table, {ddl} declared: "
+                    "not a safe widening. Keep the old type, or write to new tables (tables.*) and backfill", None))
+            continue
+        if old.nullable != f.nullable:
+            if f.nullable:
+                changes.append(SchemaChange(name, f.name, f"{name}.{f.name} is NOT NULL in the table, optional in "
+                                            "the contract: drop the NOT NULL constraint",
+                                            (f"ALTER TABLE {table} ALTER COLUMN `{f.name}` DROP NOT NULL",)))
+            else:
+                changes.append(SchemaChange(name, f.name, f"{name}.{f.name} is nullable in the table, required in the "
+                                            "contract: set NOT NULL (Delta refuses if a row holds NULL)",
+                                            (f"ALTER TABLE {table} ALTER COLUMN `{f.name}` SET NOT NULL",)))
+    for f in have.fields:
+        if f.name not in declared:
+            changes.append(SchemaChange(name, f.name, f"{name}.{f.name} is in the table but no longer declared: "
+                                        "keep it in the contract (with required: false) rather than removing it",
+                                        None))
+    return changes
+
+
+def schema_changes(spark: SparkSession, tables: TablePaths, spec: EventSpec) -> list[SchemaChange]:
+    """Every difference between the existing tables and the declared schemas (none for new tables)."""
+    from delta.tables import DeltaTable
+
+    out: list[SchemaChange] = []
+    for name, schema in table_schemas(spec).items():
+        path = tables.of(name)
+        if DeltaTable.isDeltaTable(spark, path):
+            out += _diff(name, path, table_schema(spark, path), schema)
+    return out
+
+
+MIGRATE_COMMAND = "python -m pipelines migrate"
+
+
 def ensure_tables(spark: SparkSession, tables: TablePaths, spec: EventSpec) -> None:
-    """Create each table if absent; if present, check its columns match the declared schema.
+    """Create each table if absent; if present, check it matches the declared schema exactly.
+
+    Column names, types and nullability are compared (column order is not: writes go by name).
 
     Raises:
-        PipelineError: an existing table's columns differ from what the config declares.
+        PipelineError: an existing table differs; the message lists each column and whether
+            ``migrate`` can evolve it.
 
     """
     from delta.tables import DeltaTable
 
+    changes = schema_changes(spark, tables, spec)
+    if changes:
+        lines = "\n".join(f"  - {c.message}" + ("" if c.safe else " [no safe in-place change]") for c in changes)
+        unsafe = [c for c in changes if not c.safe]
+        raise PipelineError(
+            f"the tables differ from the event contract in the config:\n{lines}",
+            hint=(f"run `{MIGRATE_COMMAND}` (with the same --conf) to apply these changes, then start again"
+                  if not unsafe else "change the config back, or follow the note of each change marked "
+                  "[no safe in-place change]; `migrate` applies only safe changes"),
+        )
     for name, schema in table_schemas(spec).items():
         path = tables.of(name)
         if DeltaTable.isDeltaTable(spark, path):
-            existing = spark.read.format("delta").load(path).schema
-            want = [(f.name, f.dataType.simpleString()) for f in schema.fields]
-            have = [(f.name, f.dataType.simpleString()) for f in existing.fields]
-            if want != have:
-                raise PipelineError(
-                    f"the {name} table at {path} has columns {have}, but the config declares {want}",
-                    hint="point tables.* at a new location, or migrate the table (ALTER TABLE) before ingesting",
-                )
             continue
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
         for key, value in TABLE_PROPERTIES[name].items():
             builder = builder.property(key, value)
         builder.execute()
+
+
+def migrate_tables(spark: SparkSession, tables: TablePaths, spec: EventSpec, *,
+                   dry_run: bool = False) -> list[SchemaChange]:
+    """Apply the safe schema changes (see :func:`schema_changes`); refuse all if any is unsafe.
+
+    Returns:
+        The changes (applied unless ``dry_run``).
+
+    Raises:
+        PipelineError: a change has no safe in-place form; nothing was applied.
+
+    """
+    changes = schema_changes(spark, tables, spec)
+    unsafe = [c for c in changes if not c.safe]
+    if unsafe:
+        raise PipelineError("no table was changed: " + "; ".join(c.message for c in unsafe),
+                            hint="change the config back, or write to new tables (tables.*) and backfill")
+    if not dry_run:
+        for c in changes:
+            for stmt in c.statements or ():
+                spark.sql(stmt).collect()
+    return changes
