@@ -356,7 +356,8 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
-    "verify": cmd_verify, "migrate": cmd_migrate, "demo": cmd_demo, "spark-args": cmd_spark_args, "submit": cmd_submit, "chaos": cmd_chaos,
+    "verify": cmd_verify, "migrate": cmd_migrate, "demo": cmd_demo, "spark-args": cmd_spark_args,
+    "submit": cmd_submit, "chaos": cmd_chaos,
 }
 
 
