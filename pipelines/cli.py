@@ -7,6 +7,7 @@ Commands:
     ingest        run the exactly-once ingest job (streaming, or --available-now)
     verify        reconcile the topic with the tables; exit 1 on any discrepancy
     migrate       evolve existing tables to a changed event contract (safe changes only)
+    rebind        accept a new Kafka source (another cluster, a recreated topic) deliberately
     demo          what `make run` does: broker, produce, ingest, verify, summary
     spark-args    print spark-submit arguments (--jars/--conf) equivalent to the session factory
     submit        run a job file with spark-submit, e.g. `submit pipelines/jobs/ingest.py --available-now`
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("migrate", help="evolve existing tables to the event contract in the config (safe changes "
                         "only: add an optional column, drop NOT NULL, widen a decimal)")
     mg.add_argument("--dry-run", action="store_true", help="print the changes without applying them")
+
+    sub.add_parser("rebind", help="accept a new Kafka source deliberately (another cluster, or a recreated topic): "
+                   "move the checkpoint aside and record the new ids in the tables")
 
     d = sub.add_parser("demo", help="broker up, produce, ingest (available-now), verify, summary")
     d.add_argument("--events", type=int, help="default: producer.events")
@@ -228,6 +232,20 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebind(cfg: Config, args: argparse.Namespace) -> int:
+    """``rebind``: accept the Kafka source the brokers report now."""
+    from pipelines.io.binding import rebind
+    from pipelines.session import build_session
+
+    spark = build_session(cfg)
+    identity, moved = rebind(spark, cfg, cfg.table_path("bronze"))
+    print(f"rebind: cluster {identity.cluster_id}, topics {identity.topics}")
+    if moved:
+        print(f"rebind: the old checkpoint is at {moved}; the next start reads from kafka.starting_offsets "
+              f"({cfg.kafka.starting_offsets}) under a new app id")
+    return 0
+
+
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     """``demo``: the whole flow of ``make run``."""
     import shutil
@@ -356,7 +374,7 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
-    "verify": cmd_verify, "migrate": cmd_migrate, "demo": cmd_demo, "spark-args": cmd_spark_args,
+    "verify": cmd_verify, "migrate": cmd_migrate, "rebind": cmd_rebind, "demo": cmd_demo, "spark-args": cmd_spark_args,
     "submit": cmd_submit, "chaos": cmd_chaos,
 }
 

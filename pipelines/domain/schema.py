@@ -18,6 +18,9 @@ SRC_KEY, SRC_VALUE, SRC_TOPIC, SRC_PARTITION, SRC_OFFSET, SRC_TIMESTAMP, SRC_HEA
 # ---- our columns -----------------------------------------------------------------------------
 MESSAGE_ID = "message_id"
 KAFKA_TOPIC = "kafka_topic"
+# The topic's id (a UUID Kafka gives each topic when it is created): a deleted and recreated
+# topic restarts its offsets under a new id, so coordinates stay unique across incarnations.
+KAFKA_TOPIC_ID = "kafka_topic_id"
 KAFKA_PARTITION = "kafka_partition"
 KAFKA_OFFSET = "kafka_offset"
 KAFKA_TIMESTAMP = "kafka_timestamp"
@@ -34,7 +37,7 @@ REASON_CODES = "reason_codes"  # every failed check, e.g. ["MISSING_FIELD:amount
 REASON_MESSAGE = "reason_message"  # for humans
 VALUE_SHA256 = "value_sha256"
 
-COORDINATES = (KAFKA_TOPIC, KAFKA_PARTITION, KAFKA_OFFSET)
+COORDINATES = (KAFKA_TOPIC, KAFKA_TOPIC_ID, KAFKA_PARTITION, KAFKA_OFFSET)
 
 # Internal helper columns of the transforms (never written).
 _INTERNAL_PREFIX = "_p_"
@@ -150,6 +153,9 @@ HEADERS_TYPE = T.ArrayType(T.StructType([T.StructField("key", T.StringType()),
 
 COORD_FIELDS = [
     T.StructField(KAFKA_TOPIC, T.StringType(), False),
+    # Nullable so that tables written before it existed can add it (`migrate`); the job
+    # always writes it, and fills it for older rows when it first binds the tables.
+    T.StructField(KAFKA_TOPIC_ID, T.StringType(), True),
     T.StructField(KAFKA_PARTITION, T.IntegerType(), False),
     T.StructField(KAFKA_OFFSET, T.LongType(), False),
     T.StructField(KAFKA_TIMESTAMP, T.TimestampType(), True),

@@ -12,7 +12,7 @@ so "amount is an object" and "message_id is a number" are told apart from "missi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -330,11 +330,19 @@ def duplicate_counts(df: DataFrame) -> DataFrame:
     )
 
 
-def with_lineage(batch_id: int, app_id: str, ingested_at: Column) -> Transform:
-    """Add ``batch_id``, ``app_id`` and ``ingested_at``."""
+def with_lineage(batch_id: int, app_id: str, ingested_at: Column,
+                 topic_ids: Mapping[str, str] | None = None) -> Transform:
+    """Add ``batch_id``, ``app_id``, ``ingested_at`` and ``kafka_topic_id``.
+
+    ``topic_ids`` maps topic name -> Kafka topic id; a topic it does not name gets NULL.
+    """
+    pairs = [F.lit(x) for kv in sorted((topic_ids or {}).items()) for x in kv]
 
     def transform(df: DataFrame) -> DataFrame:
+        topic = F.col(S.KAFKA_TOPIC if S.KAFKA_TOPIC in df.columns else S.SRC_TOPIC)
+        topic_id = F.element_at(F.create_map(*pairs), topic) if pairs else F.lit(None).cast("string")
         return df.withColumns({
+            S.KAFKA_TOPIC_ID: topic_id,
             S.BATCH_ID: F.lit(batch_id).cast("long"),
             S.APP_ID: F.lit(app_id),
             S.INGESTED_AT: ingested_at,
@@ -349,7 +357,7 @@ def to_bronze(df: DataFrame) -> DataFrame:
     return df.select(
         *kafka_columns(),
         headers.cast(S.HEADERS_TYPE).alias(S.KAFKA_HEADERS),
-        S.BATCH_ID, S.APP_ID, S.INGESTED_AT,
+        S.KAFKA_TOPIC_ID, S.BATCH_ID, S.APP_ID, S.INGESTED_AT,
     )
 
 

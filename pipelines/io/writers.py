@@ -111,7 +111,7 @@ def merge_insert_if_absent(
     from delta.tables import DeltaTable
 
     spark = source.sparkSession
-    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)  # null-safe: a NULL key is a value too
     if target_predicate:
         cond = f"({target_predicate}) AND {cond}"
     with delta_txn(spark, app_id, version, metadata):

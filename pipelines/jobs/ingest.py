@@ -44,6 +44,7 @@ from pipelines.domain import transforms as X
 from pipelines.domain.schema import EventSpec
 from pipelines.errors import CheckpointRewindError, ConfigError, PipelineError
 from pipelines.io import writers
+from pipelines.io.binding import bind_source
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
 
@@ -142,6 +143,8 @@ class IngestJob:
         self.out = out
         self.results: list[BatchResult] = []
         self.silver_writer = silver_writer or merge_silver
+        #: Kafka topic name -> topic id, recorded on every row (set by :func:`start_ingest`).
+        self.topic_ids: dict[str, str] = {}
         #: A PipelineError raised inside a batch, kept so that run_ingest can show it as it is.
         self.fatal: PipelineError | None = None
         self._jvm_pid: int | None = None
@@ -221,7 +224,7 @@ class IngestJob:
             if res.rows_read == 0:
                 res.bronze_inserted = res.quarantined = res.silver_inserted = res.duplicates_in_table = 0
                 return res
-            lineage = X.with_lineage(batch_id, app_id, F.lit(now).cast("timestamp"))
+            lineage = X.with_lineage(batch_id, app_id, F.lit(now).cast("timestamp"), self.topic_ids)
             coords = _offset_range_predicate(res.offsets)
             meta = writers.batch_metadata(app_id, batch_id, res.offsets)
 
@@ -416,7 +419,11 @@ def kafka_stream(spark: SparkSession, cfg: Config) -> DataFrame:
 
 def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None = None,
                  job: IngestJob | None = None, once: bool = False) -> StreamingQuery:
-    """Create the tables if needed and start the ingest query; returns the StreamingQuery.
+    """Create the tables if needed, check the Kafka source, and start the ingest query.
+
+    The checkpoint and the tables must belong to the Kafka cluster and topic incarnation the
+    brokers report now (:mod:`pipelines.io.binding`); otherwise it refuses with
+    :class:`~pipelines.io.binding.SourceMismatchError`.
 
     Args:
         spark: The session (from :func:`pipelines.session.build_session`).
@@ -429,6 +436,8 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
     """
     job = job or IngestJob.from_config(cfg)
     ensure_tables(spark, job.tables, job.spec)
+    t = job.tables
+    job.topic_ids = bind_source(spark, cfg, t.bronze, [t.bronze, t.quarantine, t.silver]).topics
     if available_now is None:
         available_now = cfg.ingest.trigger == "availableNow"
     writer = (

@@ -38,6 +38,7 @@ from pyspark.sql import types as T
 from pipelines.config import Config
 from pipelines.domain import schema as S
 from pipelines.domain.schema import EventSpec, spark_type
+from pipelines.io.binding import describe_source
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import TablePaths
 from pipelines.tools.reference import Decoder
@@ -121,16 +122,18 @@ def read_topic(spark: SparkSession, cfg: Config) -> DataFrame:
 _VALID = "_ref_valid"
 
 
-def reference_decoding(topic: DataFrame, spec: EventSpec) -> DataFrame:
+def reference_decoding(topic: DataFrame, spec: EventSpec, topic_ids: dict[str, str]) -> DataFrame:
     """Decode Spark Kafka-source rows with the reference decoder, on the executors.
 
-    Returns the coordinates, ``message_id``, ``reason_codes`` (sorted, distinct), ``payload``
-    (the value as UTF-8 text), one typed column per data field, ``event_date`` and a validity flag.
+    Returns the coordinates (the topic id from ``topic_ids``), ``message_id``, ``reason_codes``
+    (sorted, distinct), ``payload`` (the value as UTF-8 text), one typed column per data field,
+    ``event_date`` and a validity flag.
     """
     decoder = Decoder(spec)
     data_fields = [f.name for f in spec.data_fields]
     schema = T.StructType([
-        T.StructField(S.KAFKA_TOPIC, T.StringType()), T.StructField(S.KAFKA_PARTITION, T.IntegerType()),
+        T.StructField(S.KAFKA_TOPIC, T.StringType()), T.StructField(S.KAFKA_TOPIC_ID, T.StringType()),
+        T.StructField(S.KAFKA_PARTITION, T.IntegerType()),
         T.StructField(S.KAFKA_OFFSET, T.LongType()), T.StructField(S.MESSAGE_ID, T.StringType()),
         T.StructField(S.REASON_CODES, T.ArrayType(T.StringType())), T.StructField(S.PAYLOAD, T.StringType()),
         *[T.StructField(f.name, spark_type(f.type)) for f in spec.data_fields],
@@ -149,7 +152,7 @@ def reference_decoding(topic: DataFrame, spec: EventSpec) -> DataFrame:
                 payload = value.decode("utf-8") if value is not None else None
             except UnicodeDecodeError:
                 payload = None
-            yield (r.topic, r.partition, r.offset, d.message_id, list(d.reason_codes), payload,
+            yield (r.topic, topic_ids.get(r.topic), r.partition, r.offset, d.message_id, list(d.reason_codes), payload,
                    *[utc(d.values[n]) for n in data_fields], d.event_date, d.valid)
 
     cols = topic.select("key", "value", "topic", "partition", "offset", "headers")
@@ -162,12 +165,20 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
     tables = TablePaths.from_config(cfg)
     coords = list(S.COORDINATES)
     data_fields = [f.name for f in spec.data_fields]
-    topic = reference_decoding(read_topic(spark, cfg), spec).persist()
-    bronze = spark.read.format("delta").load(tables.bronze).select(*coords).persist()
-    quarantine = spark.read.format("delta").load(tables.quarantine).select(
+    identity = describe_source(spark, cfg)
+    topic = reference_decoding(read_topic(spark, cfg), spec, identity.topics).persist()
+    # Rows of other topic incarnations (a deleted and recreated topic, a rebound source) are no
+    # longer in Kafka: they are counted, not reconciled.
+    now = spark.createDataFrame(sorted(identity.topics.items()), f"{S.KAFKA_TOPIC} string, {S.KAFKA_TOPIC_ID} string")
+    source = [S.KAFKA_TOPIC, S.KAFKA_TOPIC_ID]
+    bronze_all = spark.read.format("delta").load(tables.bronze).select(*coords).persist()
+    bronze = bronze_all.join(now, source, "left_semi")
+    quarantine_all = spark.read.format("delta").load(tables.quarantine).select(
         *coords, S.REASON, S.REASON_CODES).persist()
-    silver = spark.read.format("delta").load(tables.silver).select(
+    quarantine = quarantine_all.join(now, source, "left_semi")
+    silver_all = spark.read.format("delta").load(tables.silver).select(
         S.MESSAGE_ID, S.PAYLOAD, *coords, *data_fields, S.EVENT_DATE).persist()
+    silver = silver_all.join(now, source, "left_semi")
     audit = spark.read.format("delta").load(tables.audit).persist()
     report = VerifyReport()
     try:
@@ -179,9 +190,9 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
             "valid_records": valid.count(),
             "valid_unique_ids": valid_ids.count(),
             "invalid_records": invalid.count(),
-            "bronze_rows": bronze.count(),
-            "quarantine_rows": quarantine.count(),
-            "silver_rows": silver.count(),
+            "bronze_rows": bronze_all.count(),
+            "quarantine_rows": quarantine_all.count(),
+            "silver_rows": silver_all.count(),
         }
         c = report.checks
         # bronze
@@ -208,9 +219,9 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
                         [*coords, S.REASON_CODES, "expected_codes"]))
         # silver
         c.append(_check("silver: missing message_ids",
-                        valid_ids.join(silver.select(S.MESSAGE_ID), S.MESSAGE_ID, "left_anti"), [S.MESSAGE_ID]))
+                        valid_ids.join(silver_all.select(S.MESSAGE_ID), S.MESSAGE_ID, "left_anti"), [S.MESSAGE_ID]))
         c.append(_check("silver: duplicated message_ids",
-                        silver.groupBy(S.MESSAGE_ID).count().filter("count > 1"), [S.MESSAGE_ID, "count"]))
+                        silver_all.groupBy(S.MESSAGE_ID).count().filter("count > 1"), [S.MESSAGE_ID, "count"]))
         c.append(_check("silver: unexpected message_ids",
                         silver.select(S.MESSAGE_ID).join(valid_ids, S.MESSAGE_ID, "left_anti"), [S.MESSAGE_ID]))
         ref_cols = [*data_fields, S.EVENT_DATE]
@@ -229,16 +240,19 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
         # coverage: every record ends up somewhere
         unaccounted = (topic.select(*coords, S.MESSAGE_ID, _VALID)
                        .join(quarantine.select(*coords, F.lit(True).alias("_q")), coords, "left")
-                       .join(silver.select(S.MESSAGE_ID, F.lit(True).alias("_s")), S.MESSAGE_ID, "left")
+                       .join(silver_all.select(S.MESSAGE_ID, F.lit(True).alias("_s")), S.MESSAGE_ID, "left")
                        .filter(F.col("_q").isNull() & (F.col("_s").isNull() | ~F.col(_VALID))))
         c.append(_check("coverage: records in neither silver nor quarantine", unaccounted, coords))
         _audit_checks(report, audit)
-        dropped = report.totals["topic_records"] - report.totals["silver_rows"] - report.totals["quarantine_rows"]
+        older = sum(a.count() - b.count() for a, b in ((bronze_all, bronze), (quarantine_all, quarantine),
+                                                        (silver_all, silver)))
+        c.append(Check("info: rows of earlier topic incarnations (not in Kafka now)", older, informational=True))
+        dropped = report.totals["topic_records"] - silver.count() - quarantine.count()
         c.append(Check("info: duplicate copies dropped", max(dropped, 0), informational=True))
         if ledger_files:
-            _ledger_checks(spark, report, ledger_files, silver, quarantine)
+            _ledger_checks(spark, report, ledger_files, silver_all, quarantine, now)
     finally:
-        for df in (topic, bronze, quarantine, silver, audit):
+        for df in (topic, bronze_all, quarantine_all, silver_all, audit):
             df.unpersist()
     return report
 
@@ -269,13 +283,13 @@ def _audit_checks(report: VerifyReport, audit: DataFrame) -> None:
 
 
 def _ledger_checks(spark: SparkSession, report: VerifyReport, files: list[Path],
-                   silver: DataFrame, quarantine: DataFrame) -> None:
+                   silver: DataFrame, quarantine: DataFrame, topic_ids: DataFrame) -> None:
     led = spark.read.schema(
         "topic string, partition int, offset long, kind string, message_id string, expected_reason string"
     ).json([str(f) for f in files]).select(
         F.col("topic").alias(S.KAFKA_TOPIC), F.col("partition").alias(S.KAFKA_PARTITION),
         F.col("offset").alias(S.KAFKA_OFFSET), "kind", S.MESSAGE_ID, "expected_reason",
-    )
+    ).join(topic_ids, S.KAFKA_TOPIC, "left")  # the ledger names topics; records belong to the current ones
     report.totals["ledger_records"] = led.count()
     if report.totals["ledger_records"] == 0:
         report.checks.append(Check("ledger: no records in ledger files", 1, [str(f) for f in files[:SAMPLES]]))
