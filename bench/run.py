@@ -210,11 +210,14 @@ def freshness(spark, cfg: Config, work: Path, rate: float, seconds: float, tag: 
 
 # ---- 4. MERGE scaling ---------------------------------------------------------------------------------
 def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, slack_days: int = 1) -> list[dict]:  # noqa: ANN001
-    """A batch of ``batch_rows`` (5 % duplicates of recent rows) merged into silver-like tables.
+    """A batch of ``batch_rows`` (5 % duplicates) merged into silver-like tables.
 
     The target's event dates spread over a year, written in date order (as a stream writes
     them), so file statistics on ``event_date`` can prune. Variants: ``table`` (the key MERGE
-    over every row) and ``event_date`` (the pipeline's ``silver_merge_scope: event_date``).
+    over every row), ``event_date`` (the pipeline's ``silver_merge_scope: event_date``, duplicates
+    of the newest rows) and ``event_date_spread`` (the same scope, duplicates drawn from 10 days
+    spread over the year, one of them the oldest: stragglers). For the spread batch the report
+    also counts the files a single lower bound (earliest date minus the slack) would have read.
     """
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
@@ -235,6 +238,16 @@ def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, slack_da
             .alias("event_date"),
         )
 
+    def spread_ids(size: int, dups: int):  # noqa: ANN202
+        """``dups`` existing ids from 10 days spread over the year (the first is the oldest day)."""
+        per = dups // 10
+        parts = [table_rows(start, start + per, size)
+                 for start in (int(size * k / 10) for k in range(10))]
+        out = parts[0]
+        for part in parts[1:]:
+            out = out.unionByName(part)
+        return out
+
     out = []
     for size in sizes:
         path = str(work / f"merge_{size}")
@@ -243,13 +256,15 @@ def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, slack_da
         table_rows(0, size, size).write.format("delta").option("maxRecordsPerFile", 500_000).save(path)
         load_s = time.monotonic() - t0
         dups = int(batch_rows * 0.05)
-        for i, variant in enumerate(("table", "event_date")):
+        for i, variant in enumerate(("table", "event_date", "event_date_spread")):
             new_lo = size * 10 + i * batch_rows
-            batch = (table_rows(new_lo, new_lo + batch_rows - dups, size).withColumn("event_date", today)
-                     .unionByName(table_rows(size - dups, size, size))).persist()
+            old = spread_ids(size, dups) if variant == "event_date_spread" else table_rows(size - dups, size, size)
+            n_dups = old.count()
+            batch = (table_rows(new_lo, new_lo + batch_rows - n_dups, size).withColumn("event_date", today)
+                     .unionByName(old)).persist()
             batch.count()
-            earliest = batch.agg(F.min("event_date")).first()[0]
-            pred = event_date_scope(earliest, slack_days) if variant == "event_date" else None
+            dates = [r[0] for r in batch.select("event_date").distinct().collect()]
+            pred = event_date_scope(dates, slack_days) if variant != "table" else None
             t0 = time.monotonic()
             inserted = merge_insert_if_absent(batch, path, ["message_id"], app_id=f"bench-{variant}",
                                               version=1, target_predicate=pred)
@@ -258,11 +273,13 @@ def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, slack_da
             m = DeltaTable.forPath(spark, path).history(1).first()["operationMetrics"]
             target = spark.read.format("delta").load(path)
             in_scope = target.filter(pred.replace("t.", "")) if pred else target
+            single = target.filter(F.col("event_date") >= F.date_sub(F.lit(min(dates)), slack_days))
             out.append({"table_rows": size, "variant": variant, "seconds": round(secs, 2), "inserted": inserted,
-                        "expected_inserted": batch_rows - dups,
+                        "expected_inserted": batch_rows - n_dups,
                         "scan_ms": int(m.get("scanTimeMs", -1)),
                         "files_total": len(target.inputFiles()),
                         "files_read_estimate": len(in_scope.inputFiles()),
+                        "files_single_lower_bound": len(single.inputFiles()) if pred else None,
                         "load_s": round(load_s, 1)})
         shutil.rmtree(path, ignore_errors=True)
     return out
@@ -316,7 +333,7 @@ def plots(res: dict, out: Path) -> list[str]:
 
     if res.get("merge"):
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        for variant in ("table", "event_date"):
+        for variant in ("table", "event_date", "event_date_spread"):
             rows = [r for r in res["merge"] if r["variant"] == variant]
             ax.plot([r["table_rows"] for r in rows], [r["seconds"] for r in rows], "o-", label=variant)
         ax.set_xscale("log")
@@ -360,11 +377,13 @@ def markdown(res: dict) -> str:
         lines.append(f"| {f['load']} | {f['rate']:.0f} | {f['rows']} | {f['p50_s']:.2f} | {f['p99_s']:.2f} |")
     if res.get("merge"):
         lines += ["", f"## 4. MERGE scaling ({res['sizes']['merge_batch']}-row batch, 5 % duplicates)", "",
-                  "| silver rows | variant | MERGE s | files read (est.) / total | inserted (expected) |",
-                  "|---:|---|---:|---|---|"]
+                  "| silver rows | variant | MERGE s | files read (est.) / total | with one lower bound "
+                  "| inserted (expected) |",
+                  "|---:|---|---:|---|---:|---|"]
         for r in res["merge"]:
+            single = r.get("files_single_lower_bound")
             lines.append(f"| {r['table_rows']:,} | {r['variant']} | {r['seconds']:.2f} | "
-                         f"{r['files_read_estimate']} / {r['files_total']} | "
+                         f"{r['files_read_estimate']} / {r['files_total']} | {'-' if single is None else single} | "
                          f"{r['inserted']} ({r['expected_inserted']}) |")
         growth = []
         for variant in sorted({r["variant"] for r in res["merge"]}):

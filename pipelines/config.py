@@ -159,10 +159,10 @@ class IngestConfig:
     #: Print one progress line per micro-batch.
     progress: bool = True
     #: Which silver rows the insert-if-absent MERGE compares a batch against. "table": every
-    #: row (exact, unconditionally; cost grows with the table). "event_date": only rows whose
-    #: event_date is at least the batch's earliest event date minus ``silver_merge_slack_days``
-    #: (cost bounded by the batch's date spread; exact when every copy of a message carries an
-    #: event time at most that many days after the first copy's; see README, Guarantees).
+    #: row (exact, unconditionally; cost grows with the table). "event_date": only rows dated
+    #: within ``silver_merge_slack_days`` of one of the batch's event dates (cost follows the
+    #: batch's dates; exact when every copy of a message is dated within that many days of its
+    #: first copy; see README, Guarantees).
     silver_merge_scope: Literal["table", "event_date"] = "table"
     silver_merge_slack_days: int = 1
 

@@ -96,47 +96,39 @@ def table_schema(spark: SparkSession, path: str) -> T.StructType:
 def _diff(name: str, path: str, have: T.StructType, want: T.StructType) -> list[SchemaChange]:
     table = f"delta.`{path}`"
     changes: list[SchemaChange] = []
+
+    def change(column: str, message: str, *statements: str) -> None:
+        """Record a difference; no statements means there is no safe in-place change."""
+        changes.append(SchemaChange(name, column, f"{name}.{column} {message}", statements or None))
+
     existing = {f.name: f for f in have.fields}
-    declared = {f.name: f for f in want.fields}
     for f in want.fields:
-        old = existing.get(f.name)
-        ddl = f.dataType.simpleString()
-        if old is None:
-            if f.nullable:
-                changes.append(SchemaChange(name, f.name, f"{name}.{f.name} ({ddl}) is declared but not in the table: "
-                                            "add it (existing rows get NULL)",
-                                            (f"ALTER TABLE {table} ADD COLUMNS (`{f.name}` {ddl})",)))
-            else:
-                changes.append(SchemaChange(name, f.name, f"{name}.{f.name} ({ddl}) is declared required but not in "
-                                            "the table: existing rows have no value for it. Declare it with "
-                                            "required: false, or write to new tables and backfill", None))
-            continue
-        if old.dataType != f.dataType:
-            if _is_decimal_widening(old.dataType, f.dataType):
-                changes.append(SchemaChange(
-                    name, f.name, f"{name}.{f.name} is {old.dataType.simpleString()} in the table, {ddl} declared: "
-                    "widen it (Delta type widening; readers need Delta 3.2 or later)",
-                    (f"ALTER TABLE {table} SET TBLPROPERTIES ('delta.enableTypeWidening' = 'true')",
-                     f"ALTER TABLE {table} ALTER COLUMN `{f.name}` TYPE {ddl}")))
-            else:
-                changes.append(SchemaChange(
-                    name, f.name, f"{name}.{f.name} is {old.dataType.simpleString()} in the table, {ddl} declared: "
-                    "not a safe widening. Keep the old type, or write to new tables (tables.*) and backfill", None))
-            continue
-        if old.nullable != f.nullable:
-            if f.nullable:
-                changes.append(SchemaChange(name, f.name, f"{name}.{f.name} is NOT NULL in the table, optional in "
-                                            "the contract: drop the NOT NULL constraint",
-                                            (f"ALTER TABLE {table} ALTER COLUMN `{f.name}` DROP NOT NULL",)))
-            else:
-                changes.append(SchemaChange(name, f.name, f"{name}.{f.name} is nullable in the table, required in the "
-                                            "contract: set NOT NULL (Delta refuses if a row holds NULL)",
-                                            (f"ALTER TABLE {table} ALTER COLUMN `{f.name}` SET NOT NULL",)))
+        old, ddl, col = existing.get(f.name), f.dataType.simpleString(), f"`{f.name}`"
+        if old is None and f.nullable:
+            change(f.name, f"({ddl}) is declared but not in the table: add it (existing rows get NULL)",
+                   f"ALTER TABLE {table} ADD COLUMNS ({col} {ddl})")
+        elif old is None:
+            change(f.name, f"({ddl}) is declared required but not in the table: existing rows have no value for "
+                   "it. Declare it with required: false, or write to new tables and backfill")
+        elif old.dataType != f.dataType and _is_decimal_widening(old.dataType, f.dataType):
+            change(f.name, f"is {old.dataType.simpleString()} in the table, {ddl} declared: widen it (Delta type "
+                   "widening; readers need Delta 3.2 or later)",
+                   f"ALTER TABLE {table} SET TBLPROPERTIES ('delta.enableTypeWidening' = 'true')",
+                   f"ALTER TABLE {table} ALTER COLUMN {col} TYPE {ddl}")
+        elif old.dataType != f.dataType:
+            change(f.name, f"is {old.dataType.simpleString()} in the table, {ddl} declared: not a safe widening. "
+                   "Keep the old type, or write to new tables (tables.*) and backfill")
+        elif old.nullable and not f.nullable:
+            change(f.name, "is nullable in the table, required in the contract: set NOT NULL (Delta refuses if a "
+                   "row holds NULL)", f"ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL")
+        elif f.nullable and not old.nullable:
+            change(f.name, "is NOT NULL in the table, optional in the contract: drop the NOT NULL constraint",
+                   f"ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL")
+    declared = {f.name for f in want.fields}
     for f in have.fields:
         if f.name not in declared:
-            changes.append(SchemaChange(name, f.name, f"{name}.{f.name} is in the table but no longer declared: "
-                                        "keep it in the contract (with required: false) rather than removing it",
-                                        None))
+            change(f.name, "is in the table but no longer declared: keep it in the contract (with required: "
+                   "false) rather than removing it")
     return changes
 
 
