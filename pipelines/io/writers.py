@@ -62,23 +62,33 @@ class BatchCommit:
         return int(m.get("numTargetRowsInserted", m.get("numOutputRows", 0)))
 
 
+def batch_commits(spark: SparkSession, path: str, needle: str = _METADATA_TAG) -> dict[tuple[str, int], BatchCommit]:
+    """The batch commits in the history of the table at ``path``: (app id, batch id) -> commit.
+
+    ``needle`` narrows the history to commits whose metadata contains it.
+    """
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    rows = (DeltaTable.forPath(spark, path).history()
+            .filter(F.col("userMetadata").contains(needle))
+            .select("version", "userMetadata", "operationMetrics").collect())
+    out: dict[tuple[str, int], BatchCommit] = {}
+    for r in rows:
+        meta = json.loads(r["userMetadata"]).get(_METADATA_TAG)
+        if isinstance(meta, dict) and "app_id" in meta and "batch_id" in meta:
+            out.setdefault((str(meta["app_id"]), int(meta["batch_id"])),
+                           BatchCommit(int(r["version"]), meta.get("offsets", {}), dict(r["operationMetrics"] or {})))
+    return out
+
+
 def find_batch_commit(spark: SparkSession, path: str, app_id: str, batch_id: int) -> BatchCommit | None:
     """The commit of (``app_id``, ``batch_id``) in the table at ``path``, or None.
 
     Reads the table history (only when Delta skipped a write, i.e. on replays).
     """
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
-
     needle = f'"app_id":{json.dumps(app_id)},"batch_id":{int(batch_id)},'
-    rows = (DeltaTable.forPath(spark, path).history()
-            .filter(F.col("userMetadata").contains(needle))
-            .select("version", "userMetadata", "operationMetrics").collect())
-    for r in rows:
-        meta = json.loads(r["userMetadata"]).get(_METADATA_TAG, {})
-        if meta.get("app_id") == app_id and meta.get("batch_id") == batch_id:
-            return BatchCommit(int(r["version"]), meta.get("offsets", {}), dict(r["operationMetrics"] or {}))
-    return None
+    return batch_commits(spark, path, needle).get((app_id, batch_id))
 
 
 def merge_insert_if_absent(

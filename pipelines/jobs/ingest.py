@@ -324,20 +324,59 @@ class IngestJob:
                  "so records already written are not written twice.",
         )
 
-    def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime, meta: str) -> None:
+    def record_abandoned_batches(self, spark: SparkSession, current_app_id: str | None) -> list[BatchResult]:
+        """Give an audit row to every batch of an earlier app id that committed writes but no audit row.
+
+        That happens when a run crashed in the middle of a batch and its checkpoint was then
+        reset (or rebound, or ``ingest.query_name`` changed): the new app id replays those offsets,
+        finds the records already written and inserts nothing, so without this row the audit's
+        inserted counts would not add up to the tables. The row is rebuilt from the batch's own
+        commits (inserted counts exact; ``rows_read`` from its offset ranges; the other counts 0)
+        and its ``query_name`` says ``(abandoned batch, recovered)``.
+        """
+        commits = {name: writers.batch_commits(spark, self.tables.of(name)) for name in (BRONZE, QUARANTINE, SILVER)}
+        keys = set().union(*commits.values())
+        if not keys:
+            return []
+        audited = {(r[S.APP_ID], r[S.BATCH_ID]) for r in
+                   spark.read.format("delta").load(self.tables.audit).select(S.APP_ID, S.BATCH_ID).collect()}
+        recovered = []
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        for app_id, batch_id in sorted(k for k in keys - audited if k[0] != current_app_id):
+            got = {name: c[(app_id, batch_id)] for name, c in commits.items() if (app_id, batch_id) in c}
+            offsets = next(iter(got.values())).offsets
+            res = BatchResult(batch_id=batch_id, app_id=app_id, offsets=offsets,
+                              rows_read=sum(hi - lo + 1 for parts in offsets.values() for lo, hi in parts.values()),
+                              bronze_inserted=got[BRONZE].inserted() if BRONZE in got else 0,
+                              quarantined=got[QUARANTINE].inserted() if QUARANTINE in got else 0,
+                              silver_inserted=got[SILVER].inserted() if SILVER in got else 0,
+                              duplicates_in_table=0, timings_ms={})
+            self._write_audit(spark, res, now, writers.batch_metadata(app_id, batch_id, offsets),
+                              query_name=f"{self.query_name} (abandoned batch, recovered)",
+                              txn_app_id=f"{app_id}-recovered")
+            recovered.append(res)
+        return recovered
+
+    def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime, meta: str,
+                     query_name: str | None = None, txn_app_id: str | None = None) -> None:
+        """Insert the batch's audit row, keyed on (app id, batch id).
+
+        The write carries the batch's own transaction identity, or ``txn_app_id`` (with the batch
+        id as version) for a row recorded on behalf of an abandoned batch.
+        """
         finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         versions = {name: writers.table_version(spark, self.tables.of(name)) for name in (BRONZE, QUARANTINE, SILVER)}
         row = (
-            res.app_id, self.query_name, res.batch_id, started, finished, res.duration_ms,
+            res.app_id, query_name or self.query_name, res.batch_id, started, finished, res.duration_ms,
             json.dumps(res.offsets, sort_keys=True), res.rows_read, res.bronze_inserted, res.quarantined,
             res.valid_rows, res.duplicates_in_batch, res.conflicting_in_batch, res.duplicates_in_table,
             res.silver_inserted, res.max_kafka_timestamp, versions, res.timings_ms,
         )
         written = writers.merge_insert_if_absent(
             spark.createDataFrame([row], S.AUDIT_SCHEMA), self.tables.audit, [S.APP_ID, S.BATCH_ID],
-            app_id=res.app_id, version=res.batch_id, metadata=meta,
+            app_id=txn_app_id or res.app_id, version=res.batch_id, metadata=meta,
             target_predicate=f"t.{S.APP_ID} = {_sql_str(res.app_id)} AND t.{S.BATCH_ID} = {res.batch_id}")
-        if written is None:
+        if written is None and txn_app_id is None:
             self._confirm_replay(spark, AUDIT, res.app_id, res.batch_id, res.offsets)
 
 
@@ -438,6 +477,10 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
     ensure_tables(spark, job.tables, job.spec)
     t = job.tables
     job.topic_ids = bind_source(spark, cfg, t.bronze, [t.bronze, t.quarantine, t.silver]).topics
+    current = job.app_id(spark) if _has_metadata(spark, cfg.checkpoint_path) else None
+    for r in job.record_abandoned_batches(spark, current):
+        print(f"[ingest] batch {r.batch_id} of app id {r.app_id} was abandoned after writing (a crash, then a "
+              "checkpoint reset): recorded its audit row from its commits", file=sys.stderr, flush=True)
     if available_now is None:
         available_now = cfg.ingest.trigger == "availableNow"
     writer = (
@@ -563,6 +606,13 @@ def pending_batch(spark: SparkSession, checkpoint: str) -> int | None:
         return None
     last = max(planned)
     return None if last in ids("commits") else last
+
+
+def _has_metadata(spark: SparkSession, checkpoint: str) -> bool:
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    path = jvm.org.apache.hadoop.fs.Path(checkpoint.rstrip("/") + "/metadata")
+    return bool(path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path))
 
 
 MAX_BUG_RESTARTS = 3

@@ -82,6 +82,11 @@ class ChaosReport:
             ("seconds", round(self.seconds)),
             ("result", "PASS" if self.ok else "FAIL"),
         ]
+        failed = [c for c in self.verify.get("checks", []) if not c.get("ok", True)]
+        rows += [(f"failed check: {c['name']}",
+                  f"{c['count']}" + (f" (e.g. {c['samples'][0]})" if c["samples"] else "")) for c in failed]
+        if "error" in self.verify:
+            rows.append(("verify error", self.verify["error"].strip().splitlines()[-1][:200]))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -246,3 +246,37 @@ def test_rewound_checkpoint_is_refused_then_recovered_with_a_new_app_id(spark, m
     report = verify(spark, recovered)
     assert report.ok, report.table()
     assert report.totals["bronze_rows"] == report.totals["topic_records"] == 1600
+
+
+def test_batch_abandoned_before_a_checkpoint_reset_gets_its_audit_row(spark, make_cfg):
+    """A run writes bronze and quarantine, dies before silver and audit; the checkpoint is reset
+    (new app id), so the replay finds those records already written and inserts 0. Without the
+    recovered row the audit's inserted counts would no longer add up to the tables."""
+    cfg = make_cfg()
+    send(cfg, 600, seed=19)
+    spec, tables = EventSpec.from_config(cfg.events), TablePaths.from_config(cfg)
+    ensure_tables(spark, tables, spec)
+    batch = read_topic(spark, cfg).persist()
+
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("killed after the bronze and quarantine commits")
+
+    with pytest.raises(RuntimeError):
+        IngestJob(spec, tables, app_id="run-1", out=None, silver_writer=crash).process_batch(batch, 0)
+    replay = IngestJob(spec, tables, app_id="run-2", out=None)
+    again = replay.process_batch(batch, 0)
+    assert again.bronze_inserted == 0 and again.silver_inserted > 0
+
+    def sums():
+        a = table(spark, cfg, "audit").agg(F.sum("bronze_inserted"), F.sum("quarantined"), F.sum("silver_inserted"))
+        return tuple(a.first())
+
+    counts = tuple(table(spark, cfg, t).count() for t in ("bronze", "quarantine", "silver"))
+    assert sums() != counts  # the abandoned batch's inserts are not in the audit yet
+    recovered = replay.record_abandoned_batches(spark, "run-2")
+    assert [(r.app_id, r.batch_id, r.bronze_inserted) for r in recovered] == [("run-1", 0, 600)]
+    assert sums() == counts
+    assert replay.record_abandoned_batches(spark, "run-2") == []  # once
+    row = table(spark, cfg, "audit").filter("app_id = 'run-1'").first()
+    assert row.query_name.endswith("(abandoned batch, recovered)") and row.rows_read == 600
+    batch.unpersist()
