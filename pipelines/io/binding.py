@@ -88,8 +88,11 @@ def describe_source(spark: SparkSession, cfg: Config, timeout_s: float = 30.0) -
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return next((ln for ln in text if "Exception" in ln), text[0] if text else type(e).__name__)[:300]
+    """The innermost Java exception and its message (e.g. ``UnknownTopicOrPartitionException: ...``)."""
+    import re
+
+    found = re.findall(r"(\w+(?:Exception|Error)): ([^\n]*)", str(e))
+    return (f"{found[-1][0]}: {found[-1][1]}" if found else str(e).strip().split("\n")[0])[:300]
 
 
 # ---- where the binding is kept ----------------------------------------------------------------
@@ -136,6 +139,10 @@ def checkpoint_started(spark: SparkSession, checkpoint: str) -> bool:
 
 def read_table_binding(spark: SparkSession, path: str) -> SourceIdentity:
     """The identity recorded as properties of the (bronze) table at ``path`` (empty if none)."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return SourceIdentity(None)
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
@@ -183,20 +190,17 @@ def _differences(label: str, recorded: SourceIdentity, now: SourceIdentity) -> l
     return out
 
 
-def bind_source(spark: SparkSession, cfg: Config, tables_bronze: str, table_paths: list[str]) -> SourceIdentity:
-    """Check the checkpoint and the tables against the Kafka source, recording it where missing.
+def check_source(spark: SparkSession, cfg: Config, tables_bronze: str) -> SourceIdentity:
+    """Check the checkpoint and the tables against the Kafka source the brokers report now.
 
-    Args:
-        spark: The session.
-        cfg: The configuration (brokers, topics, checkpoint).
-        tables_bronze: The bronze table, whose properties hold the tables' binding.
-        table_paths: Every table with Kafka coordinates (bronze, quarantine, silver).
+    Writes nothing (call :func:`record_source` once the tables exist).
 
     Returns:
         The source's identity (topic ids for the rows the job writes).
 
     Raises:
         SourceMismatchError: the checkpoint or the tables belong to another cluster or topic.
+        BrokerError: the brokers do not answer, or a topic does not exist.
 
     """
     now = describe_source(spark, cfg)
@@ -214,6 +218,25 @@ def bind_source(spark: SparkSession, cfg: Config, tables_bronze: str, table_path
                  "kafka.starting_offsets under a new app id) and records the new ids in the tables; rows "
                  "already written keep their old topic id, so nothing collides.",
         )
+    return now
+
+
+def record_source(spark: SparkSession, cfg: Config, now: SourceIdentity, tables_bronze: str,
+                  table_paths: list[str]) -> None:
+    """Record ``now`` (from :func:`check_source`) in the checkpoint and the tables where missing.
+
+    Args:
+        spark: The session.
+        cfg: The configuration (the checkpoint).
+        now: The identity :func:`check_source` accepted.
+        tables_bronze: The bronze table, whose properties hold the tables' binding.
+        table_paths: Every table with Kafka coordinates (bronze, quarantine, silver): rows written
+            before topic ids existed get the id of the topic bound now.
+
+    """
+    checkpoint = cfg.checkpoint_path
+    in_ckpt = read_checkpoint_binding(spark, checkpoint)
+    in_tables = read_table_binding(spark, tables_bronze)
     if in_ckpt is None or any(t not in in_ckpt.topics for t in now.topics):
         if in_ckpt is None and checkpoint_started(spark, checkpoint):
             print(f"[ingest] note: the checkpoint {checkpoint} predates source binding; binding it to cluster "
@@ -224,7 +247,6 @@ def bind_source(spark: SparkSession, cfg: Config, tables_bronze: str, table_path
     if new_topics or not in_tables.cluster_id:
         _fill_topic_ids(spark, table_paths, new_topics)
         _set_table_binding(spark, tables_bronze, SourceIdentity(now.cluster_id, {**in_tables.topics, **now.topics}))
-    return now
 
 
 def rebind(spark: SparkSession, cfg: Config, tables_bronze: str) -> tuple[SourceIdentity, str | None]:

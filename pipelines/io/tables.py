@@ -164,7 +164,8 @@ def ensure_tables(spark: SparkSession, tables: TablePaths, spec: EventSpec) -> N
         lines = "\n".join(f"  - {c.message}" + ("" if c.safe else " [no safe in-place change]") for c in changes)
         unsafe = [c for c in changes if not c.safe]
         raise PipelineError(
-            f"the tables differ from the event contract in the config:\n{lines}",
+            f"the tables differ from what this version declares (the event contract in the config, and the "
+            f"pipeline's own columns):\n{lines}",
             hint=(f"run `{MIGRATE_COMMAND}` (with the same --conf) to apply these changes, then start again"
                   if not unsafe else "change the config back, or follow the note of each change marked "
                   "[no safe in-place change]; `migrate` applies only safe changes"),

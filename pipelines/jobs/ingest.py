@@ -44,7 +44,7 @@ from pipelines.domain import transforms as X
 from pipelines.domain.schema import EventSpec
 from pipelines.errors import CheckpointRewindError, ConfigError, PipelineError
 from pipelines.io import writers
-from pipelines.io.binding import bind_source
+from pipelines.io.binding import check_source, record_source
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
 
@@ -474,9 +474,11 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
 
     """
     job = job or IngestJob.from_config(cfg)
-    ensure_tables(spark, job.tables, job.spec)
     t = job.tables
-    job.topic_ids = bind_source(spark, cfg, t.bronze, [t.bronze, t.quarantine, t.silver]).topics
+    source = check_source(spark, cfg, t.bronze)  # before anything is created
+    ensure_tables(spark, t, job.spec)
+    record_source(spark, cfg, source, t.bronze, [t.bronze, t.quarantine, t.silver])
+    job.topic_ids = source.topics
     current = job.app_id(spark) if _has_metadata(spark, cfg.checkpoint_path) else None
     for r in job.record_abandoned_batches(spark, current):
         print(f"[ingest] batch {r.batch_id} of app id {r.app_id} was abandoned after writing (a crash, then a "
