@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     mg.add_argument("--dry-run", action="store_true", help="print the changes without applying them")
 
     sub.add_parser("rebind", help="accept a new Kafka source deliberately (another cluster, or a recreated topic): "
-                   "move the checkpoint aside and record the new ids in the tables")
+                   "move the checkpoint aside and record the new ids in the tables (stop the job first)")
 
     d = sub.add_parser("demo", help="broker up, produce, ingest (available-now), verify, summary")
     d.add_argument("--events", type=int, help="default: producer.events")
@@ -243,6 +243,9 @@ def cmd_rebind(cfg: Config, args: argparse.Namespace) -> int:
     if moved:
         print(f"rebind: the old checkpoint is at {moved}; the next start reads from kafka.starting_offsets "
               f"({cfg.kafka.starting_offsets}) under a new app id")
+    if cfg.kafka.starting_offsets != "earliest":
+        print(f"rebind: warning: kafka.starting_offsets is {cfg.kafka.starting_offsets!r}: records of the new "
+              "source before that point will not be read; set it to earliest to read them all", file=sys.stderr)
     return 0
 
 

@@ -35,3 +35,7 @@ class BrokerError(PipelineError):
 
 class CheckpointRewindError(PipelineError):
     """A checkpoint was rewound under the same query id: Delta would skip batches it never saw."""
+
+
+class ContractChangedError(PipelineError):
+    """A batch started under one event contract is re-run under another."""

@@ -38,10 +38,12 @@ _CONFLICT = "_p_conflict"
 _INT_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT")
 # An ISO-8601 timestamp must carry its zone: Z or ±hh[:mm].
 # The whole text: date, T or space, hh:mm:ss, an optional fraction (up to 9 digits), a zone.
-_ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(?i:z|[+-]\d{2}(:?\d{2})?)$"
-_PLAIN_DECIMAL = r"^[+-]?(\d+\.?\d*|\.\d+)$"
-# Message IDs: leading/trailing ASCII whitespace (space, tab, LF, CR, FF, VT).
-_ID_EDGE_SPACE = "^[ \\t\\n\\r\\f\\x0B]+|[ \\t\\n\\r\\f\\x0B]+$"
+_ISO_DATETIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(?i:z|[+-]\d{2}(:?\d{2})?)\z"
+_PLAIN_DECIMAL = r"^[+-]?(\d+\.?\d*|\.\d+)\z"
+_TS_MIN, _TS_END = "0001-01-02 00:00:00", "9999-12-31 00:00:00"  # UTC event times accepted: [min, end)
+# Message IDs: leading/trailing ASCII whitespace (space, tab, LF, CR, FF, VT). Every pattern ends
+# in \z, not $: Java's $ also matches before a final line terminator ("1.5\n" would pass).
+_ID_EDGE_SPACE = "^[ \\t\\n\\r\\f\\x0B]+|[ \\t\\n\\r\\f\\x0B]+\\z"
 
 
 _KAFKA_RENAMES = (
@@ -110,7 +112,7 @@ def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Check]]:
         ok_type = exact | vtype.isin("DOUBLE", "FLOAT", "STRING")
         num = F.when(vtype == F.lit("STRING"), F.trim(text)).when(exact, text)
         int_digits = F.regexp_extract(num, r"^[+-]?0*(\d*)", 1)
-        frac_digits = F.regexp_extract(num, r"\.(\d*?)0*$", 1)
+        frac_digits = F.regexp_extract(num, r"\.(\d*?)0*\z", 1)
         in_range = F.coalesce(
             num.rlike(_PLAIN_DECIMAL)
             & (F.length(int_digits) <= F.lit(stype.precision - stype.scale))
@@ -128,7 +130,10 @@ def _field_column(f: FieldSpec, js: Column) -> tuple[Column, list[Check]]:
     elif isinstance(stype, T.TimestampType):
         ok_type = vtype == F.lit("STRING")
         ts = F.try_to_timestamp(text)
-        good = ts.isNotNull() & text.rlike(_ISO_DATETIME)
+        # From 0001-01-02 to 9999-12-30 in UTC: dates every reader can hold, with a day of margin
+        # (Python cannot even convert a timestamp within hours of 0001-01-01).
+        in_range = (ts >= F.lit(_TS_MIN).cast("timestamp")) & (ts < F.lit(_TS_END).cast("timestamp"))
+        good = ts.isNotNull() & text.rlike(_ISO_DATETIME) & in_range
         checks.append(wrong(ok_type, "an ISO-8601 timestamp string"))
         checks.append(_check(present & ok_type & ~good, f"{Reason.BAD_TIMESTAMP}:{f.name}",
                              F.concat(F.lit(f"{f.name} "), shown,

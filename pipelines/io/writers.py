@@ -27,9 +27,13 @@ USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 _METADATA_TAG = "pipelines.batch"
 
 
-def batch_metadata(app_id: str, batch_id: int, offsets: dict[str, Any]) -> str:
-    """The ``userMetadata`` of every commit of a batch: its identity and its offsets."""
-    return json.dumps({_METADATA_TAG: {"app_id": app_id, "batch_id": batch_id, "offsets": offsets}},
+def batch_metadata(app_id: str, batch_id: int, offsets: dict[str, Any], **facts: Any) -> str:
+    """The ``userMetadata`` of every commit of a batch.
+
+    It holds the batch's identity, its offsets and ``facts`` (the contract it was parsed with,
+    rows read, ...).
+    """
+    return json.dumps({_METADATA_TAG: {"app_id": app_id, "batch_id": batch_id, "offsets": offsets, **facts}},
                       sort_keys=True, separators=(",", ":"))
 
 
@@ -53,8 +57,13 @@ class BatchCommit:
     """The commit a batch made to one table, found again by its metadata."""
 
     version: int
-    offsets: dict[str, Any]
+    meta: dict[str, Any]
     metrics: dict[str, str]
+
+    @property
+    def offsets(self) -> dict[str, Any]:
+        """The batch's offsets: {topic: {partition: [first, last]}}."""
+        return dict(self.meta.get("offsets", {}))
 
     def inserted(self) -> int:
         """Rows the commit inserted (a MERGE's ``numTargetRowsInserted``, an append's ``numOutputRows``)."""
@@ -62,15 +71,21 @@ class BatchCommit:
         return int(m.get("numTargetRowsInserted", m.get("numOutputRows", 0)))
 
 
-def batch_commits(spark: SparkSession, path: str, needle: str = _METADATA_TAG) -> dict[tuple[str, int], BatchCommit]:
+RECENT_COMMITS = 200
+
+
+def batch_commits(spark: SparkSession, path: str, needle: str = _METADATA_TAG,
+                  limit: int | None = None) -> dict[tuple[str, int], BatchCommit]:
     """The batch commits in the history of the table at ``path``: (app id, batch id) -> commit.
 
-    ``needle`` narrows the history to commits whose metadata contains it.
+    ``needle`` narrows the history to commits whose metadata contains it; ``limit`` reads only
+    the newest commits (the whole history, up to Delta's log retention, can be long).
     """
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    rows = (DeltaTable.forPath(spark, path).history()
+    table = DeltaTable.forPath(spark, path)
+    rows = ((table.history(limit) if limit else table.history())
             .filter(F.col("userMetadata").contains(needle))
             .select("version", "userMetadata", "operationMetrics").collect())
     out: dict[tuple[str, int], BatchCommit] = {}
@@ -78,7 +93,7 @@ def batch_commits(spark: SparkSession, path: str, needle: str = _METADATA_TAG) -
         meta = json.loads(r["userMetadata"]).get(_METADATA_TAG)
         if isinstance(meta, dict) and "app_id" in meta and "batch_id" in meta:
             out.setdefault((str(meta["app_id"]), int(meta["batch_id"])),
-                           BatchCommit(int(r["version"]), meta.get("offsets", {}), dict(r["operationMetrics"] or {})))
+                           BatchCommit(int(r["version"]), meta, dict(r["operationMetrics"] or {})))
     return out
 
 
@@ -88,7 +103,8 @@ def find_batch_commit(spark: SparkSession, path: str, app_id: str, batch_id: int
     Reads the table history (only when Delta skipped a write, i.e. on replays).
     """
     needle = f'"app_id":{json.dumps(app_id)},"batch_id":{int(batch_id)},'
-    return batch_commits(spark, path, needle).get((app_id, batch_id))
+    recent = batch_commits(spark, path, needle, RECENT_COMMITS).get((app_id, batch_id))  # a replay: recent
+    return recent if recent is not None else batch_commits(spark, path, needle).get((app_id, batch_id))
 
 
 def merge_insert_if_absent(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import signal
@@ -42,7 +43,7 @@ from pipelines.config import Config, load_config
 from pipelines.domain import schema as S
 from pipelines.domain import transforms as X
 from pipelines.domain.schema import EventSpec
-from pipelines.errors import CheckpointRewindError, ConfigError, PipelineError
+from pipelines.errors import CheckpointRewindError, ConfigError, ContractChangedError, PipelineError
 from pipelines.io import writers
 from pipelines.io.binding import check_source, record_source
 from pipelines.io.kafka_source import source_options
@@ -143,6 +144,9 @@ class IngestJob:
         self.out = out
         self.results: list[BatchResult] = []
         self.silver_writer = silver_writer or merge_silver
+        #: A fingerprint of the event contract, recorded with every commit: a batch re-run under
+        #: another contract is refused (it could route a record differently the second time).
+        self.contract_id = hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
         #: Kafka topic name -> topic id, recorded on every row (set by :func:`start_ingest`).
         self.topic_ids: dict[str, str] = {}
         #: A PipelineError raised inside a batch, kept so that run_ingest can show it as it is.
@@ -226,7 +230,8 @@ class IngestJob:
                 return res
             lineage = X.with_lineage(batch_id, app_id, F.lit(now).cast("timestamp"), self.topic_ids)
             coords = _offset_range_predicate(res.offsets)
-            meta = writers.batch_metadata(app_id, batch_id, res.offsets)
+            meta = writers.batch_metadata(app_id, batch_id, res.offsets, contract=self.contract_id,
+                                          rows_read=res.rows_read, valid_rows=res.valid_rows)
 
             def confirmed(name: str, inserted: int | None) -> int:
                 """Rows inserted; for a write Delta skipped, what the batch's own commit inserted."""
@@ -309,7 +314,25 @@ class IngestJob:
         path = self.tables.of(name)
         commit = writers.find_batch_commit(spark, path, app_id, batch_id)
         if commit is not None and commit.offsets == offsets:
+            if commit.meta.get("contract", self.contract_id) != self.contract_id:
+                raise ContractChangedError(
+                    f"batch {batch_id} of app id {app_id} was started under another event contract: its "
+                    f"{name} commit (table version {path} v{commit.version}) was written with contract "
+                    f"{commit.meta.get('contract')}, this run has {self.contract_id}. Finishing it under the "
+                    "new contract could put a record in quarantine (first run) and in silver (this run).",
+                    hint="start once more with the previous events: config (and tables) to finish the batch, "
+                         "stop, then change the contract and run migrate",
+                )
             return commit.inserted()
+        if commit is None and not writers.batch_commits(spark, path, f'"app_id":{json.dumps(app_id)},'):
+            raise CheckpointRewindError(
+                f"batch {batch_id} of app id {app_id} was already committed to the {name} table at {path} by a "
+                "version of this pipeline that did not record batch offsets, so this re-run cannot be checked "
+                "against it.",
+                hint="finish pending batches with the previous version (ingest --available-now, then stop) "
+                     f"before upgrading, or give the job a new app id (ingest.query_name: {self.query_name}-2; "
+                     "keep kafka.starting_offsets: earliest so nothing is skipped)",
+            )
         found = (f"its commit (table version {commit.version}) covered offsets {_short(commit.offsets)}"
                  if commit is not None else "the table has no commit of that batch")
         raise CheckpointRewindError(
@@ -317,11 +340,12 @@ class IngestJob:
             f"{path} already recorded a later or equal batch of this app id and {found}. The checkpoint at "
             f"{self.checkpoint or '(none)'} was rewound (offsets/ and commits/ deleted, or an older copy "
             "restored) while its metadata kept the query id: Delta would silently skip this batch's "
-            "records. Nothing of this batch was written.",
+            f"records. The job stopped before writing this batch to the {name} table or any table after it.",
             hint="give the job a new transaction app id: set ingest.query_name to a new value (e.g. "
-                 f"{self.query_name}-2), or delete the whole checkpoint folder (a new query id; it re-reads "
-                 "from kafka.starting_offsets). Both are safe: bronze, quarantine and silver are keyed, "
-                 "so records already written are not written twice.",
+                 f"{self.query_name}-2), or delete the whole checkpoint folder (a new query id). With a new "
+                 "checkpoint, reading starts at kafka.starting_offsets: keep it `earliest` (the default) so no "
+                 "record is skipped; bronze, quarantine and silver are keyed, so records already written are "
+                 "not written twice.",
         )
 
     def record_abandoned_batches(self, spark: SparkSession, current_app_id: str | None) -> list[BatchResult]:
@@ -331,10 +355,12 @@ class IngestJob:
         reset (or rebound, or ``ingest.query_name`` changed): the new app id replays those offsets,
         finds the records already written and inserts nothing, so without this row the audit's
         inserted counts would not add up to the tables. The row is rebuilt from the batch's own
-        commits (inserted counts exact; ``rows_read`` from its offset ranges; the other counts 0)
-        and its ``query_name`` says ``(abandoned batch, recovered)``.
+        commits (inserted counts exact; rows read and valid from its commit metadata; the
+        duplicate counts 0) and its ``query_name`` says ``(abandoned batch, recovered)``.
         """
-        commits = {name: writers.batch_commits(spark, self.tables.of(name)) for name in (BRONZE, QUARANTINE, SILVER)}
+        # An abandoned batch is among a table's newest commits: nothing but a restart came after it.
+        commits = {name: writers.batch_commits(spark, self.tables.of(name), limit=writers.RECENT_COMMITS)
+                   for name in (BRONZE, QUARANTINE, SILVER)}
         keys = set().union(*commits.values())
         if not keys:
             return []
@@ -344,14 +370,16 @@ class IngestJob:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         for app_id, batch_id in sorted(k for k in keys - audited if k[0] != current_app_id):
             got = {name: c[(app_id, batch_id)] for name, c in commits.items() if (app_id, batch_id) in c}
-            offsets = next(iter(got.values())).offsets
+            first = next(iter(got.values()))
+            offsets = first.offsets
             res = BatchResult(batch_id=batch_id, app_id=app_id, offsets=offsets,
-                              rows_read=sum(hi - lo + 1 for parts in offsets.values() for lo, hi in parts.values()),
+                              rows_read=int(first.meta.get("rows_read", 0)),
+                              valid_rows=int(first.meta.get("valid_rows", 0)),
                               bronze_inserted=got[BRONZE].inserted() if BRONZE in got else 0,
                               quarantined=got[QUARANTINE].inserted() if QUARANTINE in got else 0,
                               silver_inserted=got[SILVER].inserted() if SILVER in got else 0,
                               duplicates_in_table=0, timings_ms={})
-            self._write_audit(spark, res, now, writers.batch_metadata(app_id, batch_id, offsets),
+            self._write_audit(spark, res, now, writers.batch_metadata(app_id, batch_id, offsets, recovered=True),
                               query_name=f"{self.query_name} (abandoned batch, recovered)",
                               txn_app_id=f"{app_id}-recovered")
             recovered.append(res)
@@ -410,10 +438,9 @@ def event_date_scope(dates: Iterable[dt.date], slack_days: int) -> str:
     own small range, not every day since. Overlapping ranges are merged; past
     ``MAX_SCOPE_RANGES`` the closest ones are joined (a wider, still correct, restriction).
     """
-    slack = dt.timedelta(days=slack_days)
     ranges: list[list[dt.date]] = []
     for d in sorted(set(dates)):
-        lo, hi = d - slack, d + slack
+        lo, hi = _add_days(d, -slack_days), _add_days(d, slack_days)
         if ranges and lo <= ranges[-1][1] + dt.timedelta(days=1):
             ranges[-1][1] = max(ranges[-1][1], hi)
         else:
@@ -428,6 +455,14 @@ def event_date_scope(dates: Iterable[dt.date], slack_days: int) -> str:
         f"({col} = DATE'{lo.isoformat()}')" if lo == hi
         else f"({col} BETWEEN DATE'{lo.isoformat()}' AND DATE'{hi.isoformat()}')"
         for lo, hi in ranges)
+
+
+def _add_days(d: dt.date, days: int) -> dt.date:
+    """``d + days``, held within the dates Python can represent."""
+    try:
+        return d + dt.timedelta(days=days)
+    except OverflowError:
+        return dt.date.max if days > 0 else dt.date.min
 
 
 def _sql_str(value: str) -> str:

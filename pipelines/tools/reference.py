@@ -313,7 +313,10 @@ def _check_timestamp(f: _Field, raw: Any) -> _Result:
         ts = dt.datetime.fromisoformat(text)
         if ts.tzinfo is None:  # unreachable given the zone check; kept so a naive value can never pass
             return Reason.BAD_TIMESTAMP, None
-        return None, ts.astimezone(dt.UTC).replace(tzinfo=None)
+        utc = ts.astimezone(dt.UTC).replace(tzinfo=None)
+        if not dt.datetime(1, 1, 2) <= utc < dt.datetime(9999, 12, 31):  # a day of margin at both ends
+            return Reason.BAD_TIMESTAMP, None
+        return None, utc
     except (ValueError, OverflowError):
         return Reason.BAD_TIMESTAMP, None
 

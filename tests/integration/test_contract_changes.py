@@ -104,3 +104,27 @@ def test_unsafe_changes_are_refused_by_start_and_migrate(spark, make_cfg, change
         migrate_tables(spark, job.tables, spec)
     assert expected in str(e.value)
     assert table_schema(spark, job.tables.silver) == before  # nothing was applied
+
+
+def test_a_batch_started_under_another_contract_is_not_finished_under_the_new_one(spark, make_cfg):
+    """Crash after the bronze and quarantine commits, change the contract, restart: the re-run
+    would route the record differently (it is in quarantine already and would now go to silver)."""
+    from pipelines.errors import ContractChangedError
+
+    cfg = make_cfg()
+    job = _start(spark, cfg, "contract-4")
+    batch = _batch(spark, [_ev("a"), _ev("b", currency=None)])  # b is quarantined: currency is required
+
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("killed after the bronze and quarantine commits")
+
+    first = IngestJob.from_config(cfg, app_id="contract-4", out=None, silver_writer=crash)
+    with pytest.raises(RuntimeError):
+        first.process_batch(batch, 0)
+    relaxed = _with_fields(cfg, lambda fs: [dict(f, required=False) if f["name"] == "currency" else f for f in fs])
+    with pytest.raises(ContractChangedError, match="started under another event contract"):
+        IngestJob.from_config(relaxed, app_id="contract-4", out=None).process_batch(batch, 0)
+    assert spark.read.format("delta").load(job.tables.silver).count() == 0
+    # Under its own contract the batch finishes as it began: a in silver, b in quarantine only.
+    done = IngestJob.from_config(cfg, app_id="contract-4", out=None).process_batch(batch, 0)
+    assert (done.silver_inserted, done.quarantined) == (1, 1)
