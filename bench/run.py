@@ -305,31 +305,33 @@ def plots(res: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     files = []
-    d = res["drain"]
-    names = list(d)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(names, [d[k]["records_per_s"] for k in names], color=["#999", "#c66", "#69c", "#3a3"][: len(names)])
-    ax.set_ylabel("records / s")
-    ax.set_title(f"Drain throughput ({res['sizes']['drain']} records, {res['machine']['cores']} cores)")
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    files.append("throughput.png")
-    plt.close(fig)
+    if res.get("drain"):
+        d = res["drain"]
+        names = list(d)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.bar(names, [d[k]["records_per_s"] for k in names], color=["#999", "#c66", "#69c", "#3a3"][: len(names)])
+        ax.set_ylabel("records / s")
+        ax.set_title(f"Drain throughput ({res['sizes']['drain']} records, {res['machine']['cores']} cores)")
+        fig.tight_layout()
+        fig.savefig(out / "throughput.png", dpi=110)
+        files.append("throughput.png")
+        plt.close(fig)
 
-    pts = res["sweep"]["points"]
-    a, b = res["sweep"]["fit"]["a_s"], res["sweep"]["fit"]["b_s_per_row"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12)
-    xs = [0, max(p[0] for p in pts)]
-    ax.plot(xs, [a + b * x for x in xs], "r-", label=f"t = {a:.2f} s + {b * 1e6:.1f} s/M rows")
-    ax.set_xlabel("rows in batch")
-    ax.set_ylabel("batch seconds")
-    ax.legend()
-    ax.set_title("Exactly-once batch time vs rows")
-    fig.tight_layout()
-    fig.savefig(out / "batch_time.png", dpi=110)
-    files.append("batch_time.png")
-    plt.close(fig)
+    if res.get("sweep"):
+        pts = res["sweep"]["points"]
+        a, b = res["sweep"]["fit"]["a_s"], res["sweep"]["fit"]["b_s_per_row"]
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12)
+        xs = [0, max(p[0] for p in pts)]
+        ax.plot(xs, [a + b * x for x in xs], "r-", label=f"t = {a:.2f} s + {b * 1e6:.1f} s/M rows")
+        ax.set_xlabel("rows in batch")
+        ax.set_ylabel("batch seconds")
+        ax.legend()
+        ax.set_title("Exactly-once batch time vs rows")
+        fig.tight_layout()
+        fig.savefig(out / "batch_time.png", dpi=110)
+        files.append("batch_time.png")
+        plt.close(fig)
 
     if res.get("merge"):
         fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -352,29 +354,32 @@ def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# Benchmark results{' (quick mode: harness check, not numbers)' if res['quick'] else ''}", "",
              f"{m['date']}, commit `{m['commit']}`; {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; "
-             f"{m['java']}; Python {m['python']}.", "",
-             "## 1. Drain throughput", "",
-             f"{res['sizes']['drain']} records (~{res['sizes']['avg_value_bytes']:.0f}-byte JSON, 5 % duplicates, "
-             f"1 % malformed), maxOffsetsPerTrigger {res['sizes']['max_offsets']}.", "",
-             "| pipeline | records/s | MB/s | CPU-s per M records | vs at-least-once append |",
-             "|---|---:|---:|---:|---:|"]
-    base = res["drain"]["spark_append"]["records_per_s"]
-    for name, r in res["drain"].items():
-        lines.append(f"| {name} | {r['records_per_s']:.0f} | {r['mb_per_s']:.2f} | {r['cpu_s_per_m']:.0f} | "
-                     f"{r['records_per_s'] / base:.2f}x |")
-    s = res["sweep"]
-    lines += ["", "## 2. Fixed vs marginal cost per micro-batch (exactly-once pipeline)", "",
-              f"Fit over {len(s['points'])} batches: **t = {s['fit']['a_s']:.2f} s + "
-              f"{s['fit']['b_s_per_row'] * 1e6:.1f} s per million rows**.", "",
-              "| maxOffsetsPerTrigger | batches | mean rows | mean batch s | fixed part (durationMs, ms) |",
-              "|---:|---:|---:|---:|---|"]
-    for row in s["settings"]:
-        lines.append(f"| {row['max_offsets']} | {row['batches']} | {row['mean_rows']:.0f} | {row['mean_s']:.2f} | "
-                     f"{row['duration_ms']} |")
-    lines += ["", "## 3. Freshness (Kafka timestamp -> row visible in silver)", "",
-              "| load | rate (rec/s) | rows | p50 s | p99 s |", "|---|---:|---:|---:|---:|"]
-    for f in res["freshness"]:
-        lines.append(f"| {f['load']} | {f['rate']:.0f} | {f['rows']} | {f['p50_s']:.2f} | {f['p99_s']:.2f} |")
+             f"{m['java']}; Python {m['python']}.", ""]
+    if res.get("drain"):
+        lines += ["## 1. Drain throughput", "",
+                  f"{res['sizes']['drain']} records (~{res['sizes']['avg_value_bytes']:.0f}-byte JSON, 5 % duplicates, "
+                  f"1 % malformed), maxOffsetsPerTrigger {res['sizes']['max_offsets']}.", "",
+                  "| pipeline | records/s | MB/s | CPU-s per M records | vs at-least-once append |",
+                  "|---|---:|---:|---:|---:|"]
+        base = res["drain"]["spark_append"]["records_per_s"]
+        for name, r in res["drain"].items():
+            lines.append(f"| {name} | {r['records_per_s']:.0f} | {r['mb_per_s']:.2f} | {r['cpu_s_per_m']:.0f} | "
+                         f"{r['records_per_s'] / base:.2f}x |")
+    if res.get("sweep"):
+        s = res["sweep"]
+        lines += ["", "## 2. Fixed vs marginal cost per micro-batch (exactly-once pipeline)", "",
+                  f"Fit over {len(s['points'])} batches: **t = {s['fit']['a_s']:.2f} s + "
+                  f"{s['fit']['b_s_per_row'] * 1e6:.1f} s per million rows**.", "",
+                  "| maxOffsetsPerTrigger | batches | mean rows | mean batch s | fixed part (durationMs, ms) |",
+                  "|---:|---:|---:|---:|---|"]
+        for row in s["settings"]:
+            lines.append(f"| {row['max_offsets']} | {row['batches']} | {row['mean_rows']:.0f} | "
+                         f"{row['mean_s']:.2f} | {row['duration_ms']} |")
+    if res.get("freshness"):
+        lines += ["", "## 3. Freshness (Kafka timestamp -> row visible in silver)", "",
+                  "| load | rate (rec/s) | rows | p50 s | p99 s |", "|---|---:|---:|---:|---:|"]
+        for f in res["freshness"]:
+            lines.append(f"| {f['load']} | {f['rate']:.0f} | {f['rows']} | {f['p50_s']:.2f} | {f['p99_s']:.2f} |")
     if res.get("merge"):
         lines += ["", f"## 4. MERGE scaling ({res['sizes']['merge_batch']}-row batch, 5 % duplicates)", "",
                   "| silver rows | variant | MERGE s | files read (est.) / total | with one lower bound "
@@ -403,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", type=int, help="drain size (default 300000; quick 3000)")
     p.add_argument("--merge-sizes", default="1000000,10000000,50000000")
     p.add_argument("--skip-merge", action="store_true")
+    p.add_argument("--only-merge", action="store_true", help="only the MERGE scaling part (section 4)")
     args = p.parse_args(argv)
     quick = args.quick
     n = args.records or (3000 if quick else 300_000)
@@ -425,52 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = base.with_overrides(kafka={"bootstrap_servers": broker.bootstrap_servers},
                                   spark={"conf": {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"}})
         spark = build_session(cfg)
-        print(f"[bench] preloading {n} records ...", flush=True)
-        preload(broker.bootstrap_servers, "drain", n)
-        nbytes = topic_bytes(spark, cfg, "drain")
-        res["sizes"] = {"drain": n, "avg_value_bytes": nbytes / n, "max_offsets": max_offsets}
-        drain: dict[str, dict] = {}
-        for name, fn in (
-            ("raw_consumer", lambda: drain_raw(broker.bootstrap_servers, "drain", n)),
-            ("spark_append", lambda: drain_spark_append(spark, cfg, "drain", work, max_offsets)),
-            ("delta_sink", lambda: drain_delta_sink(spark, cfg, "drain", work, max_offsets)),
-            ("exactly_once", lambda: drain_ours(spark, cfg, "drain", work, max_offsets)),
-        ):
-            print(f"[bench] drain: {name} ...", flush=True)
-            r = fn()
-            r.update({"records_per_s": r["records"] / r["seconds"], "mb_per_s": nbytes / r["seconds"] / 1e6,
-                      "cpu_s_per_m": r["cpu_s"] / max(r["records"], 1) * 1e6})
-            drain[name] = {k: v for k, v in r.items() if k not in ("batches", "progress")}
-            print(f"[bench]   {r['records']} records in {r['seconds']:.1f}s = {r['records_per_s']:.0f}/s", flush=True)
-        res["drain"] = drain
-
-        points: list[tuple[int, float]] = []
-        settings = []
-        for m in sweep:
-            size = min(n, m * (4 if m < n else 1))
-            topic = f"sweep-{m}"
-            preload(broker.bootstrap_servers, topic, size, seed=m)
-            print(f"[bench] sweep: maxOffsetsPerTrigger={m} over {size} records ...", flush=True)
-            r = drain_ours(spark, cfg, topic, work, m, name=f"sweep-{m}")
-            batches = r["batches"][1:] if len(r["batches"]) > 1 else r["batches"]  # first batch warms up
-            points += [(b["rows"], b["ms"] / 1000) for b in batches]
-            dur = r["progress"][-1]["durationMs"] if r["progress"] else {}
-            settings.append({"max_offsets": m, "batches": len(batches),
-                             "mean_rows": sum(b["rows"] for b in batches) / len(batches),
-                             "mean_s": sum(b["ms"] for b in batches) / len(batches) / 1000,
-                             "duration_ms": {k: v for k, v in dur.items() if k != "triggerExecution"}})
-        a, b = fit(points)
-        res["sweep"] = {"points": points, "fit": {"a_s": a, "b_s_per_row": b}, "settings": settings}
-
-        max_rate = drain["exactly_once"]["records_per_s"]
-        fresh_s = 20 if quick else 60
-        res["freshness"] = []
-        for load in (0.25, 0.5, 0.75):
-            print(f"[bench] freshness at {load:.0%} of {max_rate:.0f}/s ...", flush=True)
-            f = freshness(spark, cfg, work, max_rate * load, fresh_s, tag=f"{int(load * 100)}")
-            f["load"] = f"{load:.0%}"
-            res["freshness"].append(f)
-
+        res["sizes"] = {}
+        if not args.only_merge:
+            run_pipelines(spark, cfg, broker, work, res, n=n, max_offsets=max_offsets, sweep=sweep, quick=quick)
         if not args.skip_merge:
             sizes = [20_000, 50_000] if quick else [int(x) for x in args.merge_sizes.split(",")]
             batch_rows = 2000 if quick else 100_000
@@ -485,6 +448,56 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     print(markdown(res))
     return 0
+
+
+def run_pipelines(spark, cfg: Config, broker: LocalKafka, work: Path, res: dict, *, n: int,  # noqa: ANN001
+                  max_offsets: int, sweep: list[int], quick: bool) -> None:
+    """Sections 1-3: drain throughput, batch-size sweep, freshness."""
+    print(f"[bench] preloading {n} records ...", flush=True)
+    preload(broker.bootstrap_servers, "drain", n)
+    nbytes = topic_bytes(spark, cfg, "drain")
+    res["sizes"] = {"drain": n, "avg_value_bytes": nbytes / n, "max_offsets": max_offsets}
+    drain: dict[str, dict] = {}
+    for name, fn in (
+        ("raw_consumer", lambda: drain_raw(broker.bootstrap_servers, "drain", n)),
+        ("spark_append", lambda: drain_spark_append(spark, cfg, "drain", work, max_offsets)),
+        ("delta_sink", lambda: drain_delta_sink(spark, cfg, "drain", work, max_offsets)),
+        ("exactly_once", lambda: drain_ours(spark, cfg, "drain", work, max_offsets)),
+    ):
+        print(f"[bench] drain: {name} ...", flush=True)
+        r = fn()
+        r.update({"records_per_s": r["records"] / r["seconds"], "mb_per_s": nbytes / r["seconds"] / 1e6,
+                  "cpu_s_per_m": r["cpu_s"] / max(r["records"], 1) * 1e6})
+        drain[name] = {k: v for k, v in r.items() if k not in ("batches", "progress")}
+        print(f"[bench]   {r['records']} records in {r['seconds']:.1f}s = {r['records_per_s']:.0f}/s", flush=True)
+    res["drain"] = drain
+
+    points: list[tuple[int, float]] = []
+    settings = []
+    for m in sweep:
+        size = min(n, m * (4 if m < n else 1))
+        topic = f"sweep-{m}"
+        preload(broker.bootstrap_servers, topic, size, seed=m)
+        print(f"[bench] sweep: maxOffsetsPerTrigger={m} over {size} records ...", flush=True)
+        r = drain_ours(spark, cfg, topic, work, m, name=f"sweep-{m}")
+        batches = r["batches"][1:] if len(r["batches"]) > 1 else r["batches"]  # first batch warms up
+        points += [(b["rows"], b["ms"] / 1000) for b in batches]
+        dur = r["progress"][-1]["durationMs"] if r["progress"] else {}
+        settings.append({"max_offsets": m, "batches": len(batches),
+                         "mean_rows": sum(b["rows"] for b in batches) / len(batches),
+                         "mean_s": sum(b["ms"] for b in batches) / len(batches) / 1000,
+                         "duration_ms": {k: v for k, v in dur.items() if k != "triggerExecution"}})
+    a, b = fit(points)
+    res["sweep"] = {"points": points, "fit": {"a_s": a, "b_s_per_row": b}, "settings": settings}
+
+    max_rate = drain["exactly_once"]["records_per_s"]
+    fresh_s = 20 if quick else 60
+    res["freshness"] = []
+    for load in (0.25, 0.5, 0.75):
+        print(f"[bench] freshness at {load:.0%} of {max_rate:.0f}/s ...", flush=True)
+        f = freshness(spark, cfg, work, max_rate * load, fresh_s, tag=f"{int(load * 100)}")
+        f["load"] = f"{load:.0%}"
+        res["freshness"].append(f)
 
 
 if __name__ == "__main__":
