@@ -180,7 +180,8 @@ def drain_ours(spark, cfg: Config, topic: str, work: Path, max_offsets: int, nam
 
 
 # ---- 3. freshness ---------------------------------------------------------------------------------------
-def freshness(spark, cfg: Config, work: Path, rate: float, seconds: float, tag: str) -> dict:  # noqa: ANN001
+def freshness(spark, cfg: Config, work: Path, rate: float, seconds: float, tag: str,  # noqa: ANN001
+              settle_s: float = 15.0) -> dict:
     import threading
 
     from pyspark.sql import functions as F
@@ -194,10 +195,10 @@ def freshness(spark, cfg: Config, work: Path, rate: float, seconds: float, tag: 
     stop = threading.Event()
     runner = threading.Thread(target=lambda: run_ingest(spark, c, available_now=False, stop_event=stop))
     runner.start()
-    time.sleep(15)  # let the query start before the clock runs
+    time.sleep(settle_s)  # let the query start before the clock runs
     produce(cfg.kafka.bootstrap_servers, topic, int(rate * seconds), rate=rate, partitions=3, seed=7,
             duplicate_fraction=0.0, malformed_fraction=0.0, id_prefix=f"fresh-{tag}", progress=False)
-    time.sleep(8)
+    time.sleep(settle_s / 2)
     stop.set()
     runner.join(timeout=300)
     silver = spark.read.format("delta").load(c.table_path("silver"))
@@ -491,11 +492,11 @@ def run_pipelines(spark, cfg: Config, broker: LocalKafka, work: Path, res: dict,
     res["sweep"] = {"points": points, "fit": {"a_s": a, "b_s_per_row": b}, "settings": settings}
 
     max_rate = drain["exactly_once"]["records_per_s"]
-    fresh_s = 20 if quick else 60
+    fresh_s, settle_s = (8, 8.0) if quick else (60, 15.0)
     res["freshness"] = []
     for load in (0.25, 0.5, 0.75):
         print(f"[bench] freshness at {load:.0%} of {max_rate:.0f}/s ...", flush=True)
-        f = freshness(spark, cfg, work, max_rate * load, fresh_s, tag=f"{int(load * 100)}")
+        f = freshness(spark, cfg, work, max_rate * load, fresh_s, tag=f"{int(load * 100)}", settle_s=settle_s)
         f["load"] = f"{load:.0%}"
         res["freshness"].append(f)
 

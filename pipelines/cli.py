@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=int, default=1)
     ch.add_argument("--max-offsets", type=int, default=5000, help="maxOffsetsPerTrigger of the job (default: 5000)")
     ch.add_argument("--no-checkpoint-reset", action="store_true")
+    ch.add_argument("--round-seconds", default="15,35", help="how long a round lets the job run before its "
+                    "action, drawn between LO,HI seconds (default: %(default)s)")
     ch.add_argument("--actions", help="comma-separated schedule instead of the seeded one, "
                     "e.g. fault:after_silver_commit,kill,broker-kill")
     ch.add_argument("--ingest-command", help="run this command instead of `python -m pipelines ingest` (it gets "
@@ -324,6 +326,7 @@ def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
     try:
         report = run_chaos(run_cfg, args.conf or _default_conf(), broker, rounds=args.rounds, events=args.events,
                            seed=args.seed, broker_restarts=args.broker_restarts,
+                           round_seconds=_seconds_range(args.round_seconds),
                            checkpoint_reset=not args.no_checkpoint_reset, work_dir=work,
                            ingest_command=shlex.split(args.ingest_command) if args.ingest_command else None,
                            actions=args.actions.split(",") if args.actions else None)
@@ -340,6 +343,16 @@ def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
                                           f"seed {args.seed}\n\n```\n{report.table()}\n```\n")
     print(f"work folder (logs, tables): {work}")
     return 0 if report.ok else 1
+
+
+def _seconds_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise PipelineError(f"--round-seconds must be LO,HI (e.g. 15,35), got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise PipelineError(f"--round-seconds needs 0 < LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def cmd_spark_args(cfg: Config, args: argparse.Namespace) -> int:
