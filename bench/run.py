@@ -217,7 +217,7 @@ def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, slack_da
     them), so file statistics on ``event_date`` can prune. Variants: ``table`` (the key MERGE
     over every row), ``event_date`` (the pipeline's ``silver_merge_scope: event_date``, duplicates
     of the newest rows) and ``event_date_spread`` (the same scope, duplicates drawn from 10 days
-    spread over the year, one of them the oldest: stragglers). For the spread batch the report
+    spread over the year, one of them among the oldest: stragglers). For the spread batch the report
     also counts the files a single lower bound (earliest date minus the slack) would have read.
     """
     from delta.tables import DeltaTable
@@ -240,10 +240,11 @@ def merge_scaling(spark, sizes: list[int], batch_rows: int, work: Path, slack_da
         )
 
     def spread_ids(size: int, dups: int):  # noqa: ANN202
-        """``dups`` existing ids from 10 days spread over the year (the first is the oldest day)."""
+        """``dups`` existing ids from 10 days spread over the year, the first among the oldest
+        (positions off the file boundaries, which fall at multiples of 1/20 of the ids here)."""
         per = dups // 10
         parts = [table_rows(start, start + per, size)
-                 for start in (int(size * k / 10) for k in range(10))]
+                 for start in (int(size * (k + 0.3) / 10) for k in range(10))]
         out = parts[0]
         for part in parts[1:]:
             out = out.unionByName(part)
