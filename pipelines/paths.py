@@ -1,4 +1,4 @@
-"""Names of on-disk locations, in one place (GUIDE habit 6)."""
+"""Names of on-disk locations, in one place."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one SparkSession factory: base, Delta, connector jars, conf file, UTC (GUIDE habit 4).
+"""The one SparkSession factory: base, Delta, connector jars, conf file, UTC.
 
 Precedence of Spark properties (later wins): built-in defaults below, ``spark.defaults_file``
 (``conf/spark-defaults.conf``), ``spark.conf`` in the YAML config, then ``extra`` passed by
@@ -35,7 +35,7 @@ BASE_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.extensions": DELTA_EXTENSION,
     "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
-    # A leftover txnVersion must never silently skip a later write in this session (GUIDE §1).
+    # A leftover txnVersion must never silently skip a later write in this session.
     "spark.databricks.delta.write.txnVersion.autoReset.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
 }

@@ -1,4 +1,4 @@
-"""Column names, reason codes and table schemas: names are constants (GUIDE habit 6)."""
+"""Column names, reason codes and table schemas: names are constants."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Pure DataFrame -> DataFrame transforms of the ingest path: no reads, writes or sessions.
 
-Parameterised transforms return a function for ``df.transform`` (GUIDE habit 1)::
+Parameterised transforms return a function for ``df.transform``::
 
     parsed = kafka_df.transform(parse_records(spec))
     good, bad = parsed.transform(valid_rows), parsed.transform(invalid_rows)

@@ -98,7 +98,7 @@ def read_checkpoint_query_id(spark: SparkSession, checkpoint: str) -> str:
 
 
 class IngestJob:
-    """The ``foreachBatch`` body with its collaborators passed in (GUIDE habit 2).
+    """The ``foreachBatch`` body with its collaborators passed in.
 
     Args:
         spec: The event contract.
