@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyspark.sql import SparkSession
 
 from pipelines.config import Config
 from pipelines.domain import schema as S
 from pipelines.errors import BrokerError, PipelineError
+from pipelines.io.checkpoint import batch_ids, child, hadoop_path
 from pipelines.io.kafka_source import source_options
 
 BINDING_FILE = "pipelines-source.json"
@@ -98,16 +98,9 @@ def _first_line(e: BaseException) -> str:
 # ---- where the binding is kept ----------------------------------------------------------------
 
 
-def _fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    p = jvm.org.apache.hadoop.fs.Path(path)
-    return p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), p
-
-
 def read_checkpoint_binding(spark: SparkSession, checkpoint: str) -> SourceIdentity | None:
     """The identity recorded in the checkpoint, or None (new checkpoint, or one from before binding)."""
-    fs, p = _fs(spark, checkpoint.rstrip("/") + "/" + BINDING_FILE)
+    fs, p = hadoop_path(spark, child(checkpoint, BINDING_FILE))
     if not fs.exists(p):
         return None
     stream = fs.open(p)
@@ -123,18 +116,12 @@ def read_checkpoint_binding(spark: SparkSession, checkpoint: str) -> SourceIdent
 
 def write_checkpoint_binding(spark: SparkSession, checkpoint: str, identity: SourceIdentity) -> None:
     """Record ``identity`` in the checkpoint folder (created if absent)."""
-    fs, p = _fs(spark, checkpoint.rstrip("/") + "/" + BINDING_FILE)
+    fs, p = hadoop_path(spark, child(checkpoint, BINDING_FILE))
     out = fs.create(p, True)
     try:
         out.write(identity.as_json().encode())
     finally:
         out.close()
-
-
-def checkpoint_started(spark: SparkSession, checkpoint: str) -> bool:
-    """True when Spark has planned at least one batch in this checkpoint."""
-    fs, p = _fs(spark, checkpoint.rstrip("/") + "/offsets")
-    return bool(fs.exists(p)) and len(fs.listStatus(p)) > 0
 
 
 def read_table_binding(spark: SparkSession, path: str) -> SourceIdentity:
@@ -238,7 +225,7 @@ def record_source(spark: SparkSession, cfg: Config, now: SourceIdentity, tables_
     in_ckpt = read_checkpoint_binding(spark, checkpoint)
     in_tables = read_table_binding(spark, tables_bronze)
     if in_ckpt is None or any(t not in in_ckpt.topics for t in now.topics):
-        if in_ckpt is None and checkpoint_started(spark, checkpoint):
+        if in_ckpt is None and batch_ids(spark, checkpoint, "offsets"):
             print(f"[ingest] note: the checkpoint {checkpoint} predates source binding; binding it to cluster "
                   f"{now.cluster_id} now", flush=True)
         write_checkpoint_binding(spark, checkpoint, SourceIdentity(now.cluster_id, {
@@ -264,7 +251,7 @@ def rebind(spark: SparkSession, cfg: Config, tables_bronze: str) -> tuple[Source
     """
     now = describe_source(spark, cfg)
     checkpoint = cfg.checkpoint_path.rstrip("/")
-    fs, p = _fs(spark, checkpoint)
+    fs, p = hadoop_path(spark, checkpoint)
     moved = None
     if fs.exists(p):
         moved = f"{checkpoint}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"

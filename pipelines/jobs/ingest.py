@@ -46,6 +46,7 @@ from pipelines.domain.schema import EventSpec
 from pipelines.errors import CheckpointRewindError, ConfigError, ContractChangedError, PipelineError
 from pipelines.io import writers
 from pipelines.io.binding import check_source, record_source
+from pipelines.io.checkpoint import has_metadata, pending_batch
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
 
@@ -514,7 +515,7 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
     ensure_tables(spark, t, job.spec)
     record_source(spark, cfg, source, t.bronze, [t.bronze, t.quarantine, t.silver])
     job.topic_ids = source.topics
-    current = job.app_id(spark) if _has_metadata(spark, cfg.checkpoint_path) else None
+    current = job.app_id(spark) if has_metadata(spark, cfg.checkpoint_path) else None
     for r in job.record_abandoned_batches(spark, current):
         print(f"[ingest] batch {r.batch_id} of app id {r.app_id} was abandoned after writing (a crash, then a "
               "checkpoint reset): recorded its audit row from its commits", file=sys.stderr, flush=True)
@@ -623,33 +624,6 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
         summary.duplicates_in_table += r.duplicates_in_table or 0
     summary.seconds = time.monotonic() - t0
     return summary
-
-
-def pending_batch(spark: SparkSession, checkpoint: str) -> int | None:
-    """The id of a batch the checkpoint planned (``offsets/``) but did not commit (``commits/``), if any."""
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-
-    def ids(sub: str) -> set[int]:
-        path = jvm.org.apache.hadoop.fs.Path(checkpoint.rstrip("/") + "/" + sub)
-        fs = path.getFileSystem(conf)
-        if not fs.exists(path):
-            return set()
-        return {int(st.getPath().getName()) for st in fs.listStatus(path) if st.getPath().getName().isdigit()}
-
-    planned = ids("offsets")
-    if not planned:
-        return None
-    last = max(planned)
-    return None if last in ids("commits") else last
-
-
-def _has_metadata(spark: SparkSession, checkpoint: str) -> bool:
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    path = jvm.org.apache.hadoop.fs.Path(checkpoint.rstrip("/") + "/metadata")
-    return bool(path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path))
 
 
 MAX_BUG_RESTARTS = 3

@@ -1,0 +1,43 @@
+"""Reading a streaming checkpoint's folder through Hadoop's FileSystem (local paths and URIs alike)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+
+def hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    """The Hadoop ``FileSystem`` that holds ``path``, and the ``Path`` itself (JVM objects)."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    return p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), p
+
+
+def child(checkpoint: str, name: str) -> str:
+    """``<checkpoint>/<name>``."""
+    return checkpoint.rstrip("/") + "/" + name
+
+
+def batch_ids(spark: SparkSession, checkpoint: str, sub: str) -> set[int]:
+    """The batch ids Spark logged in ``<checkpoint>/<sub>`` (``offsets`` or ``commits``)."""
+    fs, p = hadoop_path(spark, child(checkpoint, sub))
+    if not fs.exists(p):
+        return set()
+    return {int(st.getPath().getName()) for st in fs.listStatus(p) if st.getPath().getName().isdigit()}
+
+
+def pending_batch(spark: SparkSession, checkpoint: str) -> int | None:
+    """The id of a batch the checkpoint planned (``offsets/``) but did not commit (``commits/``), if any."""
+    planned = batch_ids(spark, checkpoint, "offsets")
+    if not planned:
+        return None
+    last = max(planned)
+    return None if last in batch_ids(spark, checkpoint, "commits") else last
+
+
+def has_metadata(spark: SparkSession, checkpoint: str) -> bool:
+    """True once Spark has started a query on this checkpoint (its ``metadata`` file holds the query id)."""
+    fs, p = hadoop_path(spark, child(checkpoint, "metadata"))
+    return bool(fs.exists(p))
