@@ -8,7 +8,7 @@ JARS_STAMP := .local/jars/.provisioned
 CONF ?= conf/local.yaml
 EVENTS ?= 100000
 
-.PHONY: help setup jars run demo test test-unit check chaos chaos-quick bench kafka-up kafka-down kafka-status clean distclean
+.PHONY: help setup jars run demo test test-unit check chaos chaos-quick bench bench-merge kafka-up kafka-down kafka-status clean distclean
 
 help:
 	@echo "make run        set up, start the local Kafka broker, produce a demo stream, ingest, verify"
@@ -16,6 +16,8 @@ help:
 	@echo "make setup      venv + pinned Python packages + jars from Maven Central (idempotent)"
 	@echo "make check      ruff (with docstring rules) and mypy"
 	@echo "make chaos      long fault-injection run (kill -9, broker restarts); make chaos-quick: a bounded one"
+	@echo "make bench      benchmarks (python -m bench, long; BENCH_ARGS='--quick' or '--before-src DIR')"
+	@echo "make bench-merge  the slow MERGE scaling section into bench/results/merge-scope"
 	@echo "make kafka-up | kafka-down | kafka-status    the embedded broker (127.0.0.1)"
 	@echo "make clean      stop the broker; delete local data, checkpoints, broker data"
 	@echo "make distclean  clean + delete the venv and jars"
@@ -72,6 +74,13 @@ clean:
 distclean: clean
 	rm -rf $(VENV) .local
 
-# Benchmarks (several minutes; results and plots in bench/results/latest/, with machine and commit).
+# Benchmarks (results and plots in bench/results/latest/, with machine and commit). Extra options in
+# BENCH_ARGS, e.g. BENCH_ARGS='--quick', or BENCH_ARGS='--before-src /tmp/before' after
+# `git worktree add /tmp/before HEAD~1` to measure the previous commit's pipeline code too.
+BENCH_ARGS ?=
 bench: setup
-	$(PY) bench/run.py --out bench/results/latest
+	$(PY) -m bench --out bench/results/latest $(BENCH_ARGS)
+
+# MERGE scaling (up to 50M silver rows; slow): results in bench/results/merge-scope/.
+bench-merge: setup
+	$(PY) -m bench --sections merge --out bench/results/merge-scope $(BENCH_ARGS)

@@ -310,15 +310,28 @@ def annotate_duplicates(df: DataFrame) -> DataFrame:
     """Mark copies of the same ``message_id`` within one batch, deterministically.
 
     The copy with the lowest (topic, partition, offset) is kept (rank 1). A dropped copy whose
-    value bytes differ from the kept one is a *conflict* (same ID, different payload).
-    Adds ``_p_dup_rank`` and ``_p_conflict``; use :func:`first_copies` and
+    value bytes differ from the kept one is a *conflict* (same ID, different payload). Valid
+    and invalid rows are ranked apart (an invalid record never displaces a valid copy), so it
+    can run on all of :func:`parse_records`' output. Adds ``_p_dup_rank`` and ``_p_conflict``;
+    use :func:`first_copies` (after :func:`valid_rows`), :func:`is_later_copy` and
     :func:`duplicate_counts` on the result.
     """
-    w = Window.partitionBy(S.MESSAGE_ID).orderBy(S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET)
+    valid = F.size(S.REASON_CODES) == 0 if S.REASON_CODES in df.columns else F.lit(True)
+    w = Window.partitionBy(valid, F.col(S.MESSAGE_ID)).orderBy(S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET)
     kept_hash = F.first(S.VALUE_SHA256).over(w)
     return df.withColumn(_DUP_RANK, F.row_number().over(w)).withColumn(
         _CONFLICT, (F.col(_DUP_RANK) > 1) & (F.col(S.VALUE_SHA256) != kept_hash)
     )
+
+
+def is_later_copy() -> Column:
+    """True on a copy :func:`annotate_duplicates` drops (not the first of its ``message_id``)."""
+    return F.col(_DUP_RANK) > 1
+
+
+def is_conflicting_copy() -> Column:
+    """True on a dropped copy whose value bytes differ from the kept one."""
+    return F.col(_CONFLICT)
 
 
 def first_copies(df: DataFrame) -> DataFrame:

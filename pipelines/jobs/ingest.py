@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from pipelines.domain.schema import EventSpec
 from pipelines.errors import CheckpointRewindError, ConfigError, ContractChangedError, PipelineError
 from pipelines.io import writers
 from pipelines.io.binding import check_source, record_source
-from pipelines.io.checkpoint import has_metadata, pending_batch
+from pipelines.io.checkpoint import batch_ids, has_metadata, pending_batch
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
 
@@ -98,6 +99,10 @@ def read_checkpoint_query_id(spark: SparkSession, checkpoint: str) -> str:
     return str(json.loads(text.splitlines()[0])["id"])
 
 
+AUDIT_INTERVAL_S = 5.0
+"""Seconds between two background audit commits of a streaming query (rows queue meanwhile)."""
+
+
 class IngestJob:
     """The ``foreachBatch`` body with its collaborators passed in.
 
@@ -113,6 +118,10 @@ class IngestJob:
         slack_days: See ``silver_merge_scope``.
         silver_writer: Writes the deduplicated silver rows (default :func:`merge_silver`);
             a seam for tests that need a deliberately broken writer.
+        prewarm_snapshots: After each batch, build the tables' next snapshot state in the
+            background (see :func:`writers.prewarm`); off only to measure what it saves.
+        audit_interval_s: In a streaming query, the audit rows are written in the background,
+            several batches per commit, at most this often (see :meth:`flush`).
 
     """
 
@@ -128,6 +137,8 @@ class IngestJob:
         silver_merge_scope: str = "table",
         slack_days: int = 1,
         silver_writer: SilverWriter | None = None,
+        prewarm_snapshots: bool = True,
+        audit_interval_s: float = AUDIT_INTERVAL_S,
     ) -> None:
         if app_id is None and checkpoint is None:
             raise ValueError("IngestJob needs an app_id or a checkpoint to derive it from")
@@ -153,6 +164,17 @@ class IngestJob:
         #: A PipelineError raised inside a batch, kept so that run_ingest can show it as it is.
         self.fatal: PipelineError | None = None
         self._jvm_pid: int | None = None
+        self.prewarm_snapshots = prewarm_snapshots
+        self._sessions: dict[str, SparkSession] = {}
+        self._last_batch: dict[str, int] = {}  # app id -> newest batch id this job wrote
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._pending: list[Future[None]] = []
+        self.audit_interval_s = audit_interval_s
+        self._audit_future: Future[None] | None = None
+        self._audit_queue: list[tuple[Any, ...]] = []
+        self._audit_lock = threading.Lock()
+        self._audit_wake = threading.Event()
+        self._audit_last = 0.0
 
     @classmethod
     def from_config(cls, cfg: Config, *, app_id: str | None = None,
@@ -185,41 +207,52 @@ class IngestJob:
             faults.inject(point, batch_id, self._jvm_pid)
 
     def foreach_batch(self, batch_df: DataFrame, batch_id: int) -> None:
-        """The function handed to ``writeStream.foreachBatch``."""
+        """The function handed to ``writeStream.foreachBatch`` (the audit row is deferred: see :meth:`flush`)."""
         try:
-            self.process_batch(batch_df, batch_id)
+            self.process_batch(batch_df, batch_id, defer_audit=True)
         except PipelineError as e:
             self.fatal = e
             raise
 
-    def process_batch(self, batch_df: DataFrame, batch_id: int) -> BatchResult:
-        """Parse, validate, dedupe and write one micro-batch; idempotent per ``batch_id``."""
+    def process_batch(self, batch_df: DataFrame, batch_id: int, *, defer_audit: bool = False) -> BatchResult:
+        """Parse, validate, dedupe and write one micro-batch; idempotent per ``batch_id``.
+
+        One pass parses the records, marks in-batch duplicates and collects the batch's stats;
+        then bronze, quarantine and silver are written concurrently, each by an insert-if-absent
+        MERGE with the batch's transaction identity on its own session (the identity is session
+        state). The function returns only after all of them committed, and raises if any failed,
+        so Spark commits the batch to its checkpoint only when every table has it. The audit row
+        comes last; with ``defer_audit`` it is written in the background while the next batch
+        runs (see :meth:`flush`), and a crash that loses it is repaired from the batch's commits
+        at the next start (:meth:`record_abandoned_batches`).
+        """
         t0 = time.monotonic()
         spark = batch_df.sparkSession
         app_id = self.app_id(spark)
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         res = BatchResult(batch_id=batch_id, app_id=app_id)
         timings: dict[str, int] = {}
-
-        def lap(name: str, since: float) -> float:
-            t = time.monotonic()
-            timings[name] = int((t - since) * 1000)
-            return t
+        self._raise_background_error()
 
         raw = batch_df.persist()
-        parsed = raw.transform(X.parse_records(self.spec)).persist()
+        parsed = raw.transform(X.parse_records(self.spec)).transform(X.annotate_duplicates).persist()
         try:
+            valid = F.size(S.REASON_CODES) == 0
             stats = parsed.groupBy(S.KAFKA_TOPIC, S.KAFKA_PARTITION).agg(
                 F.min(S.KAFKA_OFFSET).alias("first"),
                 F.max(S.KAFKA_OFFSET).alias("last"),
                 F.count(F.lit(1)).alias("rows"),
-                F.sum((F.size(S.REASON_CODES) == 0).cast("long")).alias("valid"),
+                F.sum(valid.cast("long")).alias("valid"),
+                F.sum((valid & X.is_later_copy()).cast("long")).alias("duplicates"),
+                F.sum((valid & X.is_conflicting_copy()).cast("long")).alias("conflicting"),
                 F.max(S.KAFKA_TIMESTAMP).alias("max_ts"),
-                F.collect_set(F.when(F.size(S.REASON_CODES) == 0, F.col(S.EVENT_DATE))).alias("dates"),
+                F.collect_set(F.when(valid, F.col(S.EVENT_DATE))).alias("dates"),
             ).collect()
-            t = lap("stats", t0)
+            timings["stats"] = _ms(t0)
             res.rows_read = sum(int(r["rows"]) for r in stats)
             res.valid_rows = sum(int(r["valid"]) for r in stats)
+            res.duplicates_in_batch = sum(int(r["duplicates"]) for r in stats)
+            res.conflicting_in_batch = sum(int(r["conflicting"]) for r in stats)
             for r in stats:
                 res.offsets.setdefault(r[S.KAFKA_TOPIC], {})[str(r[S.KAFKA_PARTITION])] = [int(r["first"]),
                                                                                          int(r["last"])]
@@ -232,61 +265,78 @@ class IngestJob:
             lineage = X.with_lineage(batch_id, app_id, F.lit(now).cast("timestamp"), self.topic_ids)
             coords = _offset_range_predicate(res.offsets)
             meta = writers.batch_metadata(app_id, batch_id, res.offsets, contract=self.contract_id,
-                                          rows_read=res.rows_read, valid_rows=res.valid_rows)
-
-            def confirmed(name: str, inserted: int | None) -> int:
-                """Rows inserted; for a write Delta skipped, what the batch's own commit inserted."""
-                if inserted is not None:
-                    return inserted
-                res.replayed = res.replayed or name == SILVER
-                return self._confirm_replay(spark, name, app_id, batch_id, res.offsets)
-
-            # 1. bronze: every record once, keyed on its Kafka coordinates.
-            res.bronze_inserted = confirmed(BRONZE, writers.merge_insert_if_absent(
-                raw.transform(lineage).transform(X.to_bronze), self.tables.bronze, S.COORDINATES,
-                app_id=app_id, version=batch_id, target_predicate=coords, metadata=meta))
-            t = lap("bronze", t)
-            self._fault(spark, faults.AFTER_BRONZE, batch_id)
-
-            # 2. quarantine: records that cannot become silver rows, with reasons (no write when
-            #    there are none: skipping a transaction version is fine, later ones are higher).
-            if res.valid_rows < res.rows_read:
-                res.quarantined = confirmed(QUARANTINE, writers.merge_insert_if_absent(
-                    parsed.transform(X.invalid_rows).transform(lineage).transform(X.to_quarantine),
-                    self.tables.quarantine, S.COORDINATES, app_id=app_id, version=batch_id,
-                    target_predicate=coords, metadata=meta))
-            else:
-                res.quarantined = 0
-            t = lap("quarantine", t)
-            self._fault(spark, faults.AFTER_QUARANTINE, batch_id)
-
-            # 3. silver: dedupe inside the batch (lowest coordinates win), then insert-if-absent on message_id.
-            annotated = parsed.transform(X.valid_rows).transform(X.annotate_duplicates)
-            d = annotated.transform(X.duplicate_counts).collect()[0]
-            res.duplicates_in_batch, res.conflicting_in_batch = int(d["duplicates"]), int(d["conflicting"])
-            kept = res.valid_rows - res.duplicates_in_batch
-            t = lap("dedupe", t)
-            self._fault(spark, faults.DURING_SILVER, batch_id, timer=True)
-            silver_rows = annotated.transform(X.first_copies).transform(lineage).transform(X.to_silver(self.spec))
+                                          rows_read=res.rows_read, valid_rows=res.valid_rows,
+                                          duplicates_in_batch=res.duplicates_in_batch,
+                                          conflicting_in_batch=res.conflicting_in_batch)
             scope = (event_date_scope(dates, self.slack_days)
                      if self.silver_merge_scope == "event_date" and dates else None)
-            res.silver_inserted = confirmed(SILVER, self.silver_writer(
-                silver_rows, self.tables.silver, app_id=app_id, version=batch_id, target_predicate=scope,
-                metadata=meta))
-            res.duplicates_in_table = kept - res.silver_inserted
-            t = lap("silver", t)
-            self._fault(spark, faults.AFTER_SILVER, batch_id)
 
-            # 4. audit: one row per (app id, batch id), keyed, so a re-run never adds a second one.
-            res.duration_ms = int((time.monotonic() - t0) * 1000)
+            def bronze(session: SparkSession) -> int | None:
+                # Every record once, keyed on its Kafka coordinates.
+                return writers.merge_insert_if_absent(
+                    raw.transform(lineage).transform(X.to_bronze), self.tables.bronze, S.COORDINATES,
+                    app_id=app_id, version=batch_id, target_predicate=coords, metadata=meta, session=session)
+
+            def quarantine(session: SparkSession) -> int | None:
+                # Records that cannot become silver rows, with reasons.
+                return writers.merge_insert_if_absent(
+                    parsed.transform(X.invalid_rows).transform(lineage).transform(X.to_quarantine),
+                    self.tables.quarantine, S.COORDINATES, app_id=app_id, version=batch_id,
+                    target_predicate=coords, metadata=meta, session=session)
+
+            def silver(session: SparkSession) -> int | None:
+                # The first copy of each message (lowest coordinates), insert-if-absent on message_id.
+                self._fault(spark, faults.DURING_SILVER, batch_id, timer=True)
+                rows = (parsed.transform(X.valid_rows).transform(X.first_copies).transform(lineage)
+                        .transform(X.to_silver(self.spec)))
+                return self.silver_writer(rows, self.tables.silver, app_id=app_id, version=batch_id,
+                                          target_predicate=scope, metadata=meta, session=session)
+
+            writes: dict[str, Callable[[SparkSession], int | None]] = {SILVER: silver, BRONZE: bronze}
+            # No quarantine write when nothing is invalid: skipping a transaction version is fine,
+            # later ones are higher.
+            if res.valid_rows < res.rows_read:
+                writes[QUARANTINE] = quarantine
+            t = time.monotonic()
+            if batch_id <= self._last_batch.get(app_id, -1) or app_id not in self._last_batch:
+                # Possibly a re-run (the first batch after a start): before anything is written,
+                # prove any commit of it is this same batch (offsets, contract). The writes run
+                # concurrently, so a table that lacks the batch could otherwise take it under a
+                # new contract while another table's check fails.
+                for name in (BRONZE, QUARANTINE, SILVER):
+                    if writers.find_batch_commit(spark, self.tables.of(name), app_id, batch_id, recent_only=True):
+                        self._confirm_replay(spark, name, app_id, batch_id, res.offsets)
+                timings["replay_check"] = _ms(t)
+            done = self._write_tables(spark, batch_id, writes, timings)
+            self._last_batch[app_id] = max(batch_id, self._last_batch.get(app_id, -1))
+            timings["writes"] = _ms(t)
+
+            versions: dict[str, int] = {}
+            inserted_by: dict[str, int] = {}
+            for name, (inserted, version) in done.items():
+                if inserted is None:  # Delta skipped it: this batch committed it before (a replay)
+                    res.replayed = res.replayed or name == SILVER
+                    commit = self._confirm_replay(spark, name, app_id, batch_id, res.offsets)
+                    inserted, version = commit.inserted(), commit.version
+                inserted_by[name], versions[name] = inserted, version
+            res.bronze_inserted = inserted_by[BRONZE]
+            res.quarantined = inserted_by.get(QUARANTINE, 0)
+            res.silver_inserted = inserted_by[SILVER]
+            res.duplicates_in_table = res.valid_rows - res.duplicates_in_batch - res.silver_inserted
+            res.duration_ms = _ms(t0)
             res.timings_ms = timings
-            self._write_audit(spark, res, now, meta)
-            lap("audit", t)
-            self._fault(spark, faults.AFTER_AUDIT, batch_id)
+            self._prewarm(list(done))
+
+            # The audit row: one per (app id, batch id), keyed, so a re-run never adds a second one.
+            if defer_audit:
+                self._defer_audit(spark, res, now, versions)
+            else:
+                self._write_audit(spark, res, now, versions=versions)
+                self._fault(spark, faults.AFTER_AUDIT, batch_id)
         finally:
             parsed.unpersist()
             raw.unpersist()
-        res.duration_ms = int((time.monotonic() - t0) * 1000)
+        res.duration_ms = _ms(t0)
         if res.max_kafka_timestamp is not None:
             res.lag_s = max(0.0, (dt.datetime.now(dt.UTC).replace(tzinfo=None) - res.max_kafka_timestamp)
                             .total_seconds())
@@ -295,8 +345,140 @@ class IngestJob:
             self.out(res.progress_line())
         return res
 
+    # ---- concurrency: the table writes, the deferred audit row, snapshot pre-warming ---------
+
+    def _session(self, spark: SparkSession, name: str) -> SparkSession:
+        """A session of its own for the writes to table ``name`` (transaction confs are session state)."""
+        session = self._sessions.get(name)
+        if session is None or session.sparkContext is not spark.sparkContext:
+            session = self._sessions[name] = spark.newSession()
+        return session
+
+    def _write_tables(self, spark: SparkSession, batch_id: int,
+                      writes: dict[str, Callable[[SparkSession], int | None]],
+                      timings: dict[str, int]) -> dict[str, tuple[int | None, int]]:
+        """Run the table writes concurrently; wait for all; re-raise the first failure.
+
+        Returns:
+            name -> (rows inserted or None if Delta skipped the write, table version after it).
+
+        """
+        from pyspark.util import inheritable_thread_target
+
+        fault_after = {BRONZE: faults.AFTER_BRONZE, QUARANTINE: faults.AFTER_QUARANTINE, SILVER: faults.AFTER_SILVER}
+
+        def task(name: str, write: Callable[[SparkSession], int | None]) -> tuple[int | None, int]:
+            t = time.monotonic()
+            session = self._session(spark, name)
+            inserted = write(session)
+            version = writers.table_version(session, self.tables.of(name))
+            timings[name] = _ms(t)
+            self._fault(spark, fault_after[name], batch_id)
+            return inserted, version
+
+        pool = self._pools.setdefault("writes", ThreadPoolExecutor(max_workers=3, thread_name_prefix="ingest-write"))
+        target = inheritable_thread_target(spark)(task)
+        futures = {name: pool.submit(target, name, write) for name, write in writes.items()}
+        wait(futures.values())
+        errors = [e for e in (f.exception() for f in futures.values()) if e is not None]
+        if errors:  # a PipelineError (our own refusal) says more than what it may have caused elsewhere
+            raise next((e for e in errors if isinstance(e, PipelineError)), errors[0])
+        return {name: f.result() for name, f in futures.items()}
+
+    def _background(self, name: str) -> ThreadPoolExecutor:
+        return self._pools.setdefault(name, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-{name}"))
+
+    def _prewarm(self, names: list[str]) -> None:
+        """Build the next snapshot state of the tables just written, in the background."""
+        from pyspark.util import inheritable_thread_target
+
+        if not self.prewarm_snapshots:
+            return
+        for name in names:
+            session = self._sessions[name]
+            self._pending.append(self._background("prewarm").submit(
+                inheritable_thread_target(session)(self._prewarm_quietly), session, self.tables.of(name)))
+
+    @staticmethod
+    def _prewarm_quietly(session: SparkSession, path: str) -> None:
+        try:
+            writers.prewarm(session, path)
+        except Exception:  # only an optimisation: the next write builds the state itself
+            pass
+
+    def _defer_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime,
+                     versions: dict[str, int]) -> None:
+        """Queue the batch's audit row; a background writer inserts the queued rows in one MERGE.
+
+        The writer runs at most once per ``audit_interval_s`` (one audit commit for several
+        batches instead of one per batch) and is flushed by :meth:`flush`. Its failure surfaces
+        here, failing this batch (which is then re-run, idempotently); rows lost to a crash are
+        recorded from the batches' commits at the next start.
+        """
+        from pyspark.util import inheritable_thread_target
+
+        self._raise_background_error()
+        row = self._audit_row(spark, res, started, versions=versions)
+        with self._audit_lock:
+            self._audit_queue.append(row)
+            if self._audit_future is not None and not self._audit_future.done():
+                return
+            session = self._session(spark, AUDIT)
+            self._audit_future = self._background("audit").submit(
+                inheritable_thread_target(spark)(self._audit_writer), spark, session)
+
+    def _audit_writer(self, spark: SparkSession, session: SparkSession) -> None:
+        while True:
+            self._audit_wake.wait(max(0.0, self._audit_last + self.audit_interval_s - time.monotonic()))
+            with self._audit_lock:
+                rows, self._audit_queue = self._audit_queue, []
+                if not rows:
+                    self._audit_future = None
+                    return
+            self._write_audit_rows(session, rows)  # on failure the future holds the error (see _defer_audit)
+            self._audit_last = time.monotonic()
+            self._fault(spark, faults.AFTER_AUDIT, max(r[2] for r in rows))
+            if self.prewarm_snapshots:
+                self._prewarm_quietly(session, self.tables.audit)
+
+    def _raise_background_error(self) -> None:
+        with self._audit_lock:
+            future = self._audit_future
+            if future is not None and future.done():
+                self._audit_future = None
+        if future is not None and future.done():
+            future.result()
+        self._pending = [f for f in self._pending if not f.done()]
+
+    def flush(self) -> None:
+        """Write the queued audit rows now and wait for the background work (pre-warming).
+
+        :func:`run_ingest` calls it when the query ends; call it yourself after a query started
+        with :func:`start_ingest` stops, before reading the audit table.
+
+        Raises:
+            Exception: the deferred audit write failed (the next start records the rows from
+                the batches' commits).
+
+        """
+        pending, self._pending = self._pending, []
+        wait(pending)
+        self._audit_wake.set()
+        try:
+            while True:
+                with self._audit_lock:
+                    future = self._audit_future
+                if future is None:
+                    break
+                future.result()
+                with self._audit_lock:
+                    if self._audit_future is future:
+                        self._audit_future = None
+        finally:
+            self._audit_wake.clear()
+
     def _confirm_replay(self, spark: SparkSession, name: str, app_id: str, batch_id: int,
-                        offsets: dict[str, dict[str, list[int]]]) -> int:
+                        offsets: dict[str, dict[str, list[int]]]) -> writers.BatchCommit:
         """Delta skipped a write of this (app id, batch id): prove it is the same batch again.
 
         Spark re-runs an uncommitted batch with the same id *and the same offsets*; then the
@@ -306,7 +488,7 @@ class IngestJob:
         silently skip batches it never saw: refuse instead.
 
         Returns:
-            The rows that table's commit of this batch inserted.
+            That table's commit of this batch.
 
         Raises:
             CheckpointRewindError: no commit of this batch, or one for other offsets.
@@ -324,7 +506,7 @@ class IngestJob:
                     hint="start once more with the previous events: config (and tables) to finish the batch, "
                          "stop, then change the contract and run migrate",
                 )
-            return commit.inserted()
+            return commit
         if commit is None and not writers.batch_commits(spark, path, f'"app_id":{json.dumps(app_id)},'):
             raise CheckpointRewindError(
                 f"batch {batch_id} of app id {app_id} was already committed to the {name} table at {path} by a "
@@ -341,7 +523,8 @@ class IngestJob:
             f"{path} already recorded a later or equal batch of this app id and {found}. The checkpoint at "
             f"{self.checkpoint or '(none)'} was rewound (offsets/ and commits/ deleted, or an older copy "
             "restored) while its metadata kept the query id: Delta would silently skip this batch's "
-            f"records. The job stopped before writing this batch to the {name} table or any table after it.",
+            f"records. The job stopped before Spark committed this batch; no table was given a second copy of "
+            "any record (the tables written concurrently with this one are keyed).",
             hint="give the job a new transaction app id: set ingest.query_name to a new value (e.g. "
                  f"{self.query_name}-2), or delete the whole checkpoint folder (a new query id). With a new "
                  "checkpoint, reading starts at kafka.starting_offsets: keep it `earliest` (the default) so no "
@@ -349,17 +532,23 @@ class IngestJob:
                  "not written twice.",
         )
 
-    def record_abandoned_batches(self, spark: SparkSession, current_app_id: str | None) -> list[BatchResult]:
-        """Give an audit row to every batch of an earlier app id that committed writes but no audit row.
+    def record_abandoned_batches(self, spark: SparkSession, current_app_id: str | None,
+                                 committed: Iterable[int] = ()) -> list[BatchResult]:
+        """Give an audit row to every batch that committed table writes but has no audit row.
 
-        That happens when a run crashed in the middle of a batch and its checkpoint was then
-        reset (or rebound, or ``ingest.query_name`` changed): the new app id replays those offsets,
-        finds the records already written and inserts nothing, so without this row the audit's
-        inserted counts would not add up to the tables. The row is rebuilt from the batch's own
-        commits (inserted counts exact; rows read and valid from its commit metadata; the
-        duplicate counts 0) and its ``query_name`` says ``(abandoned batch, recovered)``.
+        Two ways to get there: a run crashed in the middle of a batch and its checkpoint was then
+        reset (or rebound, or ``ingest.query_name`` changed), so the new app id replays those
+        offsets, finds the records already written and inserts nothing (an earlier app id's
+        batch, ``(abandoned batch, recovered)``); or the process died while the deferred audit
+        row of a batch Spark had already committed was being written (a batch of
+        ``current_app_id`` listed in ``committed``, the checkpoint's committed batch ids:
+        ``(audit row recovered from commits)``). Either way the row is rebuilt from the batch's
+        own commits: inserted counts from their metrics, rows read, valid rows and the in-batch
+        duplicate counts from their metadata (0 if an older version wrote them). Batches of the
+        current app id that Spark has not committed are left alone: Spark re-runs them, audit row
+        included.
         """
-        # An abandoned batch is among a table's newest commits: nothing but a restart came after it.
+        # Such a batch is among a table's newest commits: nothing but a restart came after it.
         commits = {name: writers.batch_commits(spark, self.tables.of(name), limit=writers.RECENT_COMMITS)
                    for name in (BRONZE, QUARANTINE, SILVER)}
         keys = set().union(*commits.values())
@@ -367,58 +556,78 @@ class IngestJob:
             return []
         audited = {(r[S.APP_ID], r[S.BATCH_ID]) for r in
                    spark.read.format("delta").load(self.tables.audit).select(S.APP_ID, S.BATCH_ID).collect()}
+        done = set(committed)
         recovered = []
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        for app_id, batch_id in sorted(k for k in keys - audited if k[0] != current_app_id):
+        for app_id, batch_id in sorted(k for k in keys - audited if k[0] != current_app_id or k[1] in done):
             got = {name: c[(app_id, batch_id)] for name, c in commits.items() if (app_id, batch_id) in c}
             first = next(iter(got.values()))
-            offsets = first.offsets
-            res = BatchResult(batch_id=batch_id, app_id=app_id, offsets=offsets,
-                              rows_read=int(first.meta.get("rows_read", 0)),
-                              valid_rows=int(first.meta.get("valid_rows", 0)),
+            meta = first.meta
+            silver = got[SILVER].inserted() if SILVER in got else 0
+            dups = int(meta.get("duplicates_in_batch", 0))
+            res = BatchResult(batch_id=batch_id, app_id=app_id, offsets=first.offsets,
+                              rows_read=int(meta.get("rows_read", 0)), valid_rows=int(meta.get("valid_rows", 0)),
                               bronze_inserted=got[BRONZE].inserted() if BRONZE in got else 0,
                               quarantined=got[QUARANTINE].inserted() if QUARANTINE in got else 0,
-                              silver_inserted=got[SILVER].inserted() if SILVER in got else 0,
-                              duplicates_in_table=0, timings_ms={})
-            self._write_audit(spark, res, now, writers.batch_metadata(app_id, batch_id, offsets, recovered=True),
-                              query_name=f"{self.query_name} (abandoned batch, recovered)",
-                              txn_app_id=f"{app_id}-recovered")
+                              silver_inserted=silver, duplicates_in_batch=dups,
+                              conflicting_in_batch=int(meta.get("conflicting_in_batch", 0)),
+                              duplicates_in_table=(int(meta.get("valid_rows", 0)) - dups - silver
+                                                   if SILVER in got and "duplicates_in_batch" in meta else 0),
+                              timings_ms={})
+            label = "audit row recovered from commits" if app_id == current_app_id else "abandoned batch, recovered"
+            self._write_audit(spark, res, now, query_name=f"{self.query_name} ({label})",
+                              versions={name: c.version for name, c in got.items()})
             recovered.append(res)
         return recovered
 
-    def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime, meta: str,
-                     query_name: str | None = None, txn_app_id: str | None = None) -> None:
-        """Insert the batch's audit row, keyed on (app id, batch id).
+    def _audit_row(self, spark: SparkSession, res: BatchResult, started: dt.datetime,
+                   query_name: str | None = None, versions: dict[str, int] | None = None) -> tuple[Any, ...]:
+        """The audit row of ``res``.
 
-        The write carries the batch's own transaction identity, or ``txn_app_id`` (with the batch
-        id as version) for a row recorded on behalf of an abandoned batch.
+        ``versions``: the table versions of the batch's commits (a table it did not write: its
+        current version).
         """
         finished = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        versions = {name: writers.table_version(spark, self.tables.of(name)) for name in (BRONZE, QUARANTINE, SILVER)}
-        row = (
+        known = versions or {}
+        all_versions = {name: known[name] if name in known else writers.table_version(spark, self.tables.of(name))
+                        for name in (BRONZE, QUARANTINE, SILVER)}
+        return (
             res.app_id, query_name or self.query_name, res.batch_id, started, finished, res.duration_ms,
             json.dumps(res.offsets, sort_keys=True), res.rows_read, res.bronze_inserted, res.quarantined,
             res.valid_rows, res.duplicates_in_batch, res.conflicting_in_batch, res.duplicates_in_table,
-            res.silver_inserted, res.max_kafka_timestamp, versions, res.timings_ms,
+            res.silver_inserted, res.max_kafka_timestamp, all_versions, res.timings_ms,
         )
-        written = writers.merge_insert_if_absent(
-            spark.createDataFrame([row], S.AUDIT_SCHEMA), self.tables.audit, [S.APP_ID, S.BATCH_ID],
-            app_id=txn_app_id or res.app_id, version=res.batch_id, metadata=meta,
-            target_predicate=f"t.{S.APP_ID} = {_sql_str(res.app_id)} AND t.{S.BATCH_ID} = {res.batch_id}")
-        if written is None and txn_app_id is None:
-            self._confirm_replay(spark, AUDIT, res.app_id, res.batch_id, res.offsets)
+
+    def _write_audit_rows(self, spark: SparkSession, rows: list[tuple[Any, ...]]) -> None:
+        """Insert audit rows, keyed on (app id, batch id): a row already there is left as it is.
+
+        No transaction identity is needed: the key makes it idempotent, and a re-run batch's
+        tables (written before its audit row) already proved it is the same batch.
+        """
+        apps = ", ".join(sorted({_sql_str(r[0]) for r in rows}))
+        ids = [int(r[2]) for r in rows]
+        writers.merge_insert_if_absent(
+            spark.createDataFrame(rows, S.AUDIT_SCHEMA), self.tables.audit, [S.APP_ID, S.BATCH_ID],
+            target_predicate=f"t.{S.APP_ID} IN ({apps}) AND t.{S.BATCH_ID} BETWEEN {min(ids)} AND {max(ids)}",
+            session=spark)
+
+    def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime,
+                     query_name: str | None = None, versions: dict[str, int] | None = None) -> None:
+        """Insert the batch's audit row now (see :meth:`_write_audit_rows`)."""
+        self._write_audit_rows(spark, [self._audit_row(spark, res, started, query_name, versions)])
 
 
 SilverWriter = Callable[..., "int | None"]
 """Writes a batch's deduplicated silver rows: ``(rows, path, *, app_id, version,
-target_predicate, metadata) -> rows inserted, or None if Delta skipped it as a replay``."""
+target_predicate, metadata, session) -> rows inserted, or None if Delta skipped it as a
+replay``; ``session`` is the write's own session (it runs concurrently with the others)."""
 
 
 def merge_silver(rows: DataFrame, path: str, *, app_id: str, version: int, target_predicate: str | None,
-                 metadata: str) -> int | None:
+                 metadata: str, session: SparkSession | None = None) -> int | None:
     """The silver write: insert-if-absent on ``message_id`` (see :func:`writers.merge_insert_if_absent`)."""
     return writers.merge_insert_if_absent(rows, path, [S.MESSAGE_ID], app_id=app_id, version=version,
-                                          target_predicate=target_predicate, metadata=metadata)
+                                          target_predicate=target_predicate, metadata=metadata, session=session)
 
 
 def _short(offsets: dict[str, dict[str, list[int]]]) -> str:
@@ -456,6 +665,10 @@ def event_date_scope(dates: Iterable[dt.date], slack_days: int) -> str:
         f"({col} = DATE'{lo.isoformat()}')" if lo == hi
         else f"({col} BETWEEN DATE'{lo.isoformat()}' AND DATE'{hi.isoformat()}')"
         for lo, hi in ranges)
+
+
+def _ms(since: float) -> int:
+    return int((time.monotonic() - since) * 1000)
 
 
 def _add_days(d: dt.date, days: int) -> dt.date:
@@ -516,9 +729,12 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
     record_source(spark, cfg, source, t.bronze, [t.bronze, t.quarantine, t.silver])
     job.topic_ids = source.topics
     current = job.app_id(spark) if has_metadata(spark, cfg.checkpoint_path) else None
-    for r in job.record_abandoned_batches(spark, current):
-        print(f"[ingest] batch {r.batch_id} of app id {r.app_id} was abandoned after writing (a crash, then a "
-              "checkpoint reset): recorded its audit row from its commits", file=sys.stderr, flush=True)
+    committed = batch_ids(spark, cfg.checkpoint_path, "commits") if current else set()
+    for r in job.record_abandoned_batches(spark, current, committed):
+        why = ("its deferred audit row was lost in a crash" if r.app_id == current
+               else "it was abandoned after writing (a crash, then a checkpoint reset)")
+        print(f"[ingest] batch {r.batch_id} of app id {r.app_id}: {why}; recorded its audit row from its commits",
+              file=sys.stderr, flush=True)
     if available_now is None:
         available_now = cfg.ingest.trigger == "availableNow"
     writer = (
@@ -585,6 +801,14 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
         while True:
             query = start_ingest(spark, cfg, available_now=available_now, job=job, once=once)
             error = _await(query, stop_event if not once else threading.Event(), grace_s, summary)
+            try:
+                job.flush()  # the last batch's deferred audit row
+            except Exception as e:
+                if error is None:
+                    raise PipelineError(
+                        f"the audit row of the last batch could not be written: {explain_stream_error(str(e))}",
+                        hint="start again: the next start records it from the batch's commits",
+                    ) from e
             if error is not None:
                 if job.fatal is not None:  # our own refusal inside a batch: show it as it is
                     raise job.fatal
