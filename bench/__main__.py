@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--records", type=int, help="records in the drain topic (default 1000000; quick 3000)")
     p.add_argument("--repeats", type=int, help="drain repeats, order rotated each time (default 3; quick 1)")
     p.add_argument("--max-offsets", type=int, help="drain maxOffsetsPerTrigger (default 100000; quick 1000)")
+    p.add_argument("--pipelines", default="",
+                   help="drain: comma list of pipelines to run (default: all; exactly_once is always run)")
     p.add_argument("--sweep", type=_ints,
                    help="maxOffsetsPerTrigger settings of the sweep "
                         "(default 1000,10000,100000,1000000; quick 300,1000)")
@@ -97,6 +99,7 @@ def settings_from(args: argparse.Namespace, work: Path) -> Settings:
         sweep=args.sweep or ((300, 1000) if quick else (1000, 10_000, 100_000, 1_000_000)),
         trigger=args.trigger,
         fresh_seconds=args.fresh_seconds or (8.0 if quick else 60.0),
+        fresh_warmup_s=0.0 if quick else 45.0,
         fresh_loads=freshness.QUICK_LOADS if quick else freshness.FULL_LOADS,
         fresh_rate=args.fresh_rate,
         merge_sizes=args.merge_sizes or ((20_000, 50_000) if quick else (1_000_000, 10_000_000, 50_000_000)),
@@ -104,6 +107,7 @@ def settings_from(args: argparse.Namespace, work: Path) -> Settings:
         after=current_code(),
         before=before_code(args.before_src) if args.before_src else None,
         timeout_s=args.timeout or (600.0 if quick else WORKER_TIMEOUT_S),
+        pipelines=tuple(n.strip() for n in args.pipelines.split(",") if n.strip()),
     )
 
 
@@ -186,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                  "before": ({"commit": st.before.commit, "src": str(st.before.src)} if st.before else None)},
         "sizes": {"drain_records": st.records, "max_offsets": st.max_offsets, "repeats": st.repeats,
                   "sweep": list(st.sweep), "trigger": st.trigger, "fresh_seconds": st.fresh_seconds,
+                  "fresh_warmup_s": st.fresh_warmup_s,
                   "fresh_loads": list(st.fresh_loads), "merge_sizes": list(st.merge_sizes),
                   "merge_batch": st.merge_batch_rows},
     }

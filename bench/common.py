@@ -330,7 +330,8 @@ class Settings:
         max_offsets: maxOffsetsPerTrigger of the drain (and the ceiling's chunk size).
         sweep: maxOffsetsPerTrigger settings of the batch-cost sweep.
         trigger: Processing-time trigger of the freshness runs.
-        fresh_seconds: How long each freshness run produces.
+        fresh_seconds: How long each freshness run produces (measured).
+        fresh_warmup_s: How long it produces first, at the same rate, unmeasured (JVM warm-up).
         fresh_loads: Fractions of our median drain rate the freshness runs produce at.
         fresh_rate: Our max rate, if given (used when the drain section does not run).
         merge_sizes: Silver table sizes of the MERGE section.
@@ -338,6 +339,7 @@ class Settings:
         after: This checkout's code.
         before: An older checkout's code (``--before-src``), if any.
         timeout_s: Timeout of each worker process.
+        pipelines: The drain pipelines to run (empty: all).
 
     """
 
@@ -350,6 +352,7 @@ class Settings:
     sweep: tuple[int, ...]
     trigger: str
     fresh_seconds: float
+    fresh_warmup_s: float
     fresh_loads: tuple[float, ...]
     fresh_rate: float | None
     merge_sizes: tuple[int, ...]
@@ -357,6 +360,7 @@ class Settings:
     after: CodeUnderTest
     before: CodeUnderTest | None = None
     timeout_s: float = WORKER_TIMEOUT_S
+    pipelines: tuple[str, ...] = ()
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.common import Cpu, consume_all, jvm_pid, log, rotate, run_isolated, spread
+from bench.common import BenchError, Cpu, consume_all, jvm_pid, log, rotate, run_isolated, spread
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -285,7 +285,11 @@ def run_one(st: Settings, name: str, topic: str, work: Path) -> dict[str, Any]:
 
 def run(st: Settings, topic: str, topic_bytes: int) -> dict[str, Any]:
     """Section 1: every pipeline ``st.repeats`` times, order rotated each repeat; medians and spreads."""
-    names = [*PIPELINES, *([BEFORE] if st.before else [])]
+    unknown = set(st.pipelines) - set(PIPELINES)
+    if unknown:
+        raise BenchError(f"unknown drain pipeline(s) {sorted(unknown)}; choose from {', '.join(PIPELINES)}")
+    chosen = [n for n in PIPELINES if not st.pipelines or n in st.pipelines or n == "exactly_once"]
+    names = [*chosen, *([BEFORE] if st.before else [])]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     orders = []
     for rep in range(st.repeats):

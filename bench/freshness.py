@@ -13,6 +13,7 @@ every silver row its ``app_id`` and ``batch_id``: the join maps each row to its 
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from pathlib import Path
@@ -65,13 +66,16 @@ def commit_times(spark: SparkSession, table: str) -> DataFrame:
             .groupBy(S.APP_ID, S.BATCH_ID).agg(F.min("visible_at").alias("visible_at")))
 
 
-def latencies(spark: SparkSession, silver: str) -> dict[str, Any]:
-    """p50/p99/max of (silver commit time - Kafka timestamp) over the rows of the silver table at ``silver``."""
+def latencies(spark: SparkSession, silver: str, since: dt.datetime | None = None) -> dict[str, Any]:
+    """p50/p99/max of (silver commit time - Kafka timestamp) over the rows of the silver table at
+    ``silver`` (only those with a Kafka timestamp at or after ``since``, UTC, when given)."""
     from pyspark.sql import functions as F
 
     from pipelines.domain import schema as S
 
     rows = spark.read.format("delta").load(silver).select(S.APP_ID, S.BATCH_ID, S.KAFKA_TIMESTAMP)
+    if since is not None:
+        rows = rows.filter(F.col(S.KAFKA_TIMESTAMP) >= F.lit(since))
     joined = rows.join(commit_times(spark, silver), [S.APP_ID, S.BATCH_ID], "left")
     us = F.unix_micros("visible_at") - F.unix_micros(S.KAFKA_TIMESTAMP)
     q = joined.agg(F.count(F.lit(1)).alias("rows"), F.count("visible_at").alias("matched"),
@@ -85,8 +89,9 @@ def latencies(spark: SparkSession, silver: str) -> dict[str, Any]:
 
 
 def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: float, seconds: float,
-            trigger: str, max_offsets: int = FRESH_MAX_OFFSETS) -> dict[str, Any]:
-    """Run the streaming job, produce ``rate`` records/s for ``seconds``, stop; latency to silver visibility."""
+            trigger: str, max_offsets: int = FRESH_MAX_OFFSETS, warmup_s: float = 0.0) -> dict[str, Any]:
+    """Run the streaming job, produce ``rate`` records/s for ``warmup_s`` (not measured) and then
+    ``seconds``, stop; latency to silver visibility of the measured records."""
     from pipelines.jobs.ingest import IngestJob, run_ingest
     from pipelines.tools.producer import produce
 
@@ -105,10 +110,16 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
     runner.start()
     _wait_running(spark, c.ingest.query_name, runner, errors)
     time.sleep(1.0)
+    warm = 0
+    if warmup_s > 0:  # the same load, not measured: a fresh JVM compiles for its first minute
+        warm = produce(c.kafka.bootstrap_servers, topic, int(rate * warmup_s), rate=rate, partitions=3, seed=8,
+                       duplicate_fraction=0.0, malformed_fraction=0.0, id_prefix=f"warm-{topic}",
+                       progress=False).sent
+    since = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     stats = produce(c.kafka.bootstrap_servers, topic, int(rate * seconds), rate=rate, partitions=3, seed=7,
                     duplicate_fraction=0.0, malformed_fraction=0.0, id_prefix=f"fresh-{topic}", progress=False)
     deadline = time.monotonic() + max(120.0, 2 * seconds)
-    while (sum(r.rows_read for r in job.results) < stats.sent and time.monotonic() < deadline
+    while (sum(r.rows_read for r in job.results) < stats.sent + warm and time.monotonic() < deadline
            and runner.is_alive() and not errors):
         time.sleep(0.5)
     read = sum(r.rows_read for r in job.results)
@@ -118,9 +129,9 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
         raise TimeoutError("the ingest job did not stop within 300 s of the stop request")
     if errors:
         raise errors[0]
-    out = latencies(spark, c.table_path("silver"))
-    out.update(rate=rate, seconds=seconds, trigger=trigger, produced=stats.sent, read=read,
-               caught_up=read >= stats.sent, produce_s=stats.seconds)
+    out = latencies(spark, c.table_path("silver"), since=since)
+    out.update(rate=rate, seconds=seconds, trigger=trigger, produced=stats.sent, read=read - warm,
+               caught_up=read >= stats.sent + warm, produce_s=stats.seconds, warmup_s=warmup_s)
     return out
 
 
@@ -136,12 +147,14 @@ def run(st: Settings, max_rate: float) -> list[dict[str, Any]]:
         topic = f"fresh-{tag}"
         ensure_topic(st.bootstrap, topic, 3)
         rate = max_rate * load
-        log(f"freshness at {load:.0%} of {max_rate:.0f}/s = {rate:.0f}/s for {st.fresh_seconds:.0f}s, "
+        log(f"freshness at {load:.0%} of {max_rate:.0f}/s = {rate:.0f}/s for {st.fresh_warmup_s:.0f}s warm-up "
+            f"+ {st.fresh_seconds:.0f}s, "
             f"trigger {st.trigger!r} ...")
         r = run_isolated("freshness", work=st.work / "freshness" / tag, code=st.after, label=f"freshness {tag}%",
                          timeout_s=st.fresh_seconds + st.timeout_s,
                          args={"bootstrap": st.bootstrap, "topic": topic, "rate": rate,
                                "seconds": st.fresh_seconds, "trigger": st.trigger,
+                               "warmup-seconds": st.fresh_warmup_s,
                                "max-offsets": FRESH_MAX_OFFSETS})
         r["load"] = f"{load:.0%}"
         log(f"  {r['rows']} rows: p50 {r['p50_s']:.2f}s, p99 {r['p99_s']:.2f}s")

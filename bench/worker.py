@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-offsets", type=int, default=100_000, help="maxOffsetsPerTrigger (chunk size)")
     p.add_argument("--records", type=int, help="records expected in the topic (for messages only)")
     p.add_argument("--rate", type=float, help="freshness: records per second to produce")
-    p.add_argument("--seconds", type=float, help="freshness: how long to produce")
+    p.add_argument("--seconds", type=float, help="freshness: how long to produce (measured)")
+    p.add_argument("--warmup-seconds", type=float, default=0.0, help="freshness: produce this long first, unmeasured")
     p.add_argument("--trigger", default="0 seconds", help="freshness: the processing-time trigger interval")
     p.add_argument("--merge-size", type=int, help="merge: silver rows before the MERGE")
     p.add_argument("--merge-batch-rows", type=int, default=100_000, help="merge: rows of the merged batch")
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             from bench.freshness import measure
 
             return measure(spark, cfg, _need(args, "topic"), work, rate=_need(args, "rate"),
-                           seconds=_need(args, "seconds"), trigger=args.trigger, max_offsets=args.max_offsets)
+                           seconds=_need(args, "seconds"), trigger=args.trigger, max_offsets=args.max_offsets,
+                           warmup_s=args.warmup_seconds)
         if args.pipeline == "merge":
             from bench.merge_scope import merge_scaling
 

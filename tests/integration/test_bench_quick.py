@@ -15,17 +15,23 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_bench_quick_mode_measures_every_pipeline(tmp_path):
+# The pipelines that share our batch function's shape; the other baselines (Spark ceiling, Delta
+# sink, single append) run in `make bench` only, to keep `make test` within its time budget.
+PIPELINES = ("raw_consumer", "at_least_once", "exactly_once")
+
+
+def test_bench_quick_mode_measures_the_pipelines(tmp_path):
     out = tmp_path / "bench"
     res = subprocess.run([sys.executable, "-m", "bench", "--quick", "--sections", "drain,sweep,freshness",
-                          "--out", str(out)], capture_output=True, text=True, timeout=840, cwd=REPO)
+                          "--pipelines", ",".join(PIPELINES), "--out", str(out)],
+                         capture_output=True, text=True, timeout=840, cwd=REPO)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     data = json.loads((out / "results.json").read_text())
     preloaded = data["sizes"]["drain_records"]
 
     # 1. drain: every pipeline (each in its own worker) drained the preloaded topic
     pipelines = data["drain"]["pipelines"]
-    assert set(pipelines) == set(drain.PIPELINES)
+    assert set(pipelines) == set(PIPELINES) and set(PIPELINES) <= set(drain.PIPELINES)
     for name, r in pipelines.items():
         assert r["records"] >= preloaded * 0.98, name
         assert r["records_per_s"] > 0 and r["cpu_s"] > 0 and r["mb_per_s"] > 0, name
@@ -34,7 +40,7 @@ def test_bench_quick_mode_measures_every_pipeline(tmp_path):
     assert 0.85 * alo["records"] <= alo["tables"]["silver"] + alo["tables"]["quarantine"] <= alo["records"]
     ours = data["drain"]["runs"]["exactly_once"][0]
     assert ours["tables"]["bronze"] == ours["records"] == preloaded
-    assert {"at_least_once", "single_append", "delta_sink", "spark_ceiling"} <= set(data["drain"]["ratios"])
+    assert "at_least_once" in data["drain"]["ratios"]
 
     # 2. sweep: a fit over several batches, and the stage breakdown of the current code
     sweep = data["sweep"]

@@ -32,6 +32,20 @@ def table(spark, cfg, name):
     return spark.read.format("delta").load(cfg.table_path(name))
 
 
+def one_batch(spark, make_cfg, n, seed):
+    """A fresh config and tables, ``n`` records sent, and the topic as one persisted batch."""
+    cfg = make_cfg()
+    send(cfg, n, seed=seed)
+    spec, tables = EventSpec.from_config(cfg.events), TablePaths.from_config(cfg)
+    ensure_tables(spark, tables, spec)
+    return cfg, spec, tables, read_topic(spark, cfg).persist()
+
+
+def crash_silver(*_args, **_kwargs):
+    """A silver writer that fails (the bronze and quarantine writes of the batch still commit)."""
+    raise RuntimeError("the silver write failed")
+
+
 def ledger_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -252,17 +266,9 @@ def test_batch_abandoned_before_a_checkpoint_reset_gets_its_audit_row(spark, mak
     """A run writes bronze and quarantine, dies before silver and audit; the checkpoint is reset
     (new app id), so the replay finds those records already written and inserts 0. Without the
     recovered row the audit's inserted counts would no longer add up to the tables."""
-    cfg = make_cfg()
-    send(cfg, 600, seed=19)
-    spec, tables = EventSpec.from_config(cfg.events), TablePaths.from_config(cfg)
-    ensure_tables(spark, tables, spec)
-    batch = read_topic(spark, cfg).persist()
-
-    def crash(*_args, **_kwargs):
-        raise RuntimeError("killed after the bronze and quarantine commits")
-
+    cfg, spec, tables, batch = one_batch(spark, make_cfg, 600, seed=19)
     with pytest.raises(RuntimeError):
-        IngestJob(spec, tables, app_id="run-1", out=None, silver_writer=crash).process_batch(batch, 0)
+        IngestJob(spec, tables, app_id="run-1", out=None, silver_writer=crash_silver).process_batch(batch, 0)
     replay = IngestJob(spec, tables, app_id="run-2", out=None)
     again = replay.process_batch(batch, 0)
     assert again.bronze_inserted == 0 and again.silver_inserted > 0
@@ -279,4 +285,57 @@ def test_batch_abandoned_before_a_checkpoint_reset_gets_its_audit_row(spark, mak
     assert replay.record_abandoned_batches(spark, "run-2") == []  # once
     row = table(spark, cfg, "audit").filter("app_id = 'run-1'").first()
     assert row.query_name.endswith("(abandoned batch, recovered)") and row.rows_read == 600
+    batch.unpersist()
+
+
+def test_a_failed_concurrent_write_fails_the_batch_and_the_rerun_completes_it(spark, make_cfg):
+    """bronze, quarantine and silver are written concurrently: a failure of one must fail the
+    batch (so Spark does not commit it) only after the others finished, and the re-run of the
+    same batch skips what was committed and writes the rest."""
+    from pipelines.io.writers import TXN_APP_ID, TXN_VERSION
+
+    cfg, spec, tables, batch = one_batch(spark, make_cfg, 600, seed=23)
+    with pytest.raises(RuntimeError, match="silver write failed"):
+        IngestJob(spec, tables, app_id="run-1", out=None, silver_writer=crash_silver).process_batch(batch, 0)
+    assert table(spark, cfg, "bronze").count() == 600  # the concurrent writes finished first
+    assert table(spark, cfg, "quarantine").count() > 0
+    assert table(spark, cfg, "silver").count() == 0 and table(spark, cfg, "audit").count() == 0
+
+    again = IngestJob(spec, tables, app_id="run-1", out=None).process_batch(batch, 0)
+    assert (again.bronze_inserted, again.silver_inserted > 0, again.replayed) == (600, True, False)
+    counts = tuple(table(spark, cfg, t).count() for t in ("bronze", "quarantine", "silver"))
+    audit = table(spark, cfg, "audit").agg(F.count(F.lit(1)), F.sum("bronze_inserted"), F.sum("quarantined"),
+                                           F.sum("silver_inserted")).first()
+    assert tuple(audit) == (1, *counts)
+    silver = table(spark, cfg, "silver")
+    assert silver.count() == silver.select("message_id").distinct().count() == again.silver_inserted
+    # The writes ran on sessions of their own: no transaction identity is left on this one.
+    assert spark.conf.get(TXN_APP_ID, None) is None and spark.conf.get(TXN_VERSION, None) is None
+    batch.unpersist()
+
+
+def test_a_lost_deferred_audit_row_is_recovered_exactly_from_the_commits(spark, make_cfg):
+    """In a stream the audit row is written after the batch returns; a crash can lose it after
+    Spark committed the batch. The next start rebuilds it from the batch's commits, counts
+    included, but leaves alone a batch Spark did not commit (its re-run writes the row)."""
+    from delta.tables import DeltaTable
+
+    cfg, spec, tables, batch = one_batch(spark, make_cfg, 600, seed=29)
+    job = IngestJob(spec, tables, app_id="run-1", out=None)
+    job.process_batch(batch, 0, defer_audit=True)
+    job.flush()
+    fields = ["rows_read", "bronze_inserted", "quarantined", "valid_rows", "duplicates_in_batch",
+              "conflicting_in_batch", "duplicates_in_table", "silver_inserted"]
+    before = table(spark, cfg, "audit").select(*fields).first().asDict()
+    assert before["duplicates_in_batch"] > 0 and before["conflicting_in_batch"] > 0  # the check below can fail
+    DeltaTable.forPath(spark, tables.audit).delete("app_id = 'run-1'")  # the row the crash lost
+
+    assert job.record_abandoned_batches(spark, "run-1") == []  # not committed by Spark: it will re-run
+    assert table(spark, cfg, "audit").count() == 0
+    recovered = job.record_abandoned_batches(spark, "run-1", committed=[0])
+    assert [(r.app_id, r.batch_id) for r in recovered] == [("run-1", 0)]
+    row = table(spark, cfg, "audit").first()
+    assert {f: row[f] for f in fields} == before
+    assert row.query_name.endswith("(audit row recovered from commits)")
+    assert job.record_abandoned_batches(spark, "run-1", committed=[0]) == []  # once
     batch.unpersist()
