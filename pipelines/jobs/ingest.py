@@ -174,7 +174,7 @@ class IngestJob:
         self._audit_queue: list[tuple[Any, ...]] = []
         self._audit_lock = threading.Lock()
         self._audit_wake = threading.Event()
-        self._audit_last = 0.0
+        self._audit_last = time.monotonic()
 
     @classmethod
     def from_config(cls, cfg: Config, *, app_id: str | None = None,
@@ -390,14 +390,12 @@ class IngestJob:
 
     def _prewarm(self, names: list[str]) -> None:
         """Build the next snapshot state of the tables just written, in the background."""
-        from pyspark.util import inheritable_thread_target
-
         if not self.prewarm_snapshots:
             return
         for name in names:
-            session = self._sessions[name]
+            # A plain thread (see _defer_audit): a stop of the query must not cancel it.
             self._pending.append(self._background("prewarm").submit(
-                inheritable_thread_target(session)(self._prewarm_quietly), session, self.tables.of(name)))
+                self._prewarm_quietly, self._sessions[name], self.tables.of(name)))
 
     @staticmethod
     def _prewarm_quietly(session: SparkSession, path: str) -> None:
@@ -415,8 +413,6 @@ class IngestJob:
         here, failing this batch (which is then re-run, idempotently); rows lost to a crash are
         recorded from the batches' commits at the next start.
         """
-        from pyspark.util import inheritable_thread_target
-
         self._raise_background_error()
         row = self._audit_row(spark, res, started, versions=versions)
         with self._audit_lock:
@@ -424,8 +420,9 @@ class IngestJob:
             if self._audit_future is not None and not self._audit_future.done():
                 return
             session = self._session(spark, AUDIT)
-            self._audit_future = self._background("audit").submit(
-                inheritable_thread_target(spark)(self._audit_writer), spark, session)
+            # Not an inheritable thread: the query's job tags would let a stop of the query
+            # cancel this write, which belongs to batches Spark has already committed.
+            self._audit_future = self._background("audit").submit(self._audit_writer, spark, session)
 
     def _audit_writer(self, spark: SparkSession, session: SparkSession) -> None:
         while True:

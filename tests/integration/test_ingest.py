@@ -339,3 +339,39 @@ def test_a_lost_deferred_audit_row_is_recovered_exactly_from_the_commits(spark, 
     assert row.query_name.endswith("(audit row recovered from commits)")
     assert job.record_abandoned_batches(spark, "run-1", committed=[0]) == []  # once
     batch.unpersist()
+
+
+def test_stopping_the_query_does_not_cancel_the_deferred_audit_write(spark, make_cfg):
+    """The audit rows of committed batches are written in the background; a graceful stop of the
+    query must not cancel that write (found by the benchmark: a clean stop ended in an error,
+    because the writer thread carried the query's job tags and the stop cancelled its jobs)."""
+    import threading
+
+    started, stop, outcome = threading.Event(), threading.Event(), {}
+
+    class SlowAuditJob(IngestJob):
+        def _write_audit_rows(self, session, rows):
+            started.set()  # the test stops the query now, while this thread's Spark job runs
+            session.range(0, 3_000_000_000, numPartitions=2).agg(F.sum("id")).collect()
+            super()._write_audit_rows(session, rows)
+
+    cfg = make_cfg()
+    send(cfg, 300, seed=31)
+    base = IngestJob.from_config(cfg, out=None)
+    job = SlowAuditJob(base.spec, base.tables, query_name=cfg.ingest.query_name, checkpoint=cfg.checkpoint_path,
+                       out=None, audit_interval_s=0)
+
+    def run():
+        try:
+            outcome["summary"] = run_ingest(spark, cfg, available_now=False, stop_event=stop, job=job)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = e
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert started.wait(300), "no audit write started"
+    stop.set()
+    runner.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    audit = table(spark, cfg, "audit").agg(F.count(F.lit(1)), F.sum("bronze_inserted")).first()
+    assert tuple(audit) == (len(job.results), 300)
