@@ -710,6 +710,10 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
     brokers report now (:mod:`pipelines.io.binding`); otherwise it refuses with
     :class:`~pipelines.io.binding.SourceMismatchError`.
 
+    The batches' audit rows are written in the background: after the query stops, call
+    ``job.flush()`` (pass your own ``job``) before reading the audit table; :func:`run_ingest`
+    does this itself.
+
     Args:
         spark: The session (from :func:`pipelines.session.build_session`).
         cfg: The configuration.
