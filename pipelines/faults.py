@@ -18,7 +18,10 @@ MIN_BATCH_ENV = "PIPELINES_FAULT_MIN_BATCH"
 AFTER_BRONZE = "after_bronze_commit"
 AFTER_QUARANTINE = "after_quarantine_commit"
 AFTER_SILVER = "after_silver_commit"  # before the audit row and before Spark's checkpoint commit
-AFTER_AUDIT = "after_audit_commit"  # the batch is in every table, the checkpoint commit not yet written
+# After an audit commit: in a stream the audit rows are written in the background, several
+# batches at a time, usually after Spark's checkpoint commit of those batches (the next start
+# rebuilds rows lost this way from the batches' commits).
+AFTER_AUDIT = "after_audit_commit"
 # While the silver MERGE runs: a timer SIGKILLs the process 50-500 ms after the MERGE starts
 # (a MERGE takes about a second here), i.e. while it reads, writes data files or its _delta_log
 # entry: the middle of a Delta commit. The crash line says the table version at the start and

@@ -168,7 +168,8 @@ class IngestJob:
         self._sessions: dict[str, SparkSession] = {}
         self._last_batch: dict[str, int] = {}  # app id -> newest batch id this job wrote
         self._pools: dict[str, ThreadPoolExecutor] = {}
-        self._pending: list[Future[None]] = []
+        self._prewarming: dict[str, Future[None]] = {}
+        self._audit_args: tuple[SparkSession, SparkSession] | None = None
         self.audit_interval_s = audit_interval_s
         self._audit_future: Future[None] | None = None
         self._audit_queue: list[tuple[Any, ...]] = []
@@ -232,7 +233,8 @@ class IngestJob:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         res = BatchResult(batch_id=batch_id, app_id=app_id)
         timings: dict[str, int] = {}
-        self._raise_background_error()
+        if defer_audit:
+            self._raise_background_error()
 
         raw = batch_df.persist()
         parsed = raw.transform(X.parse_records(self.spec)).transform(X.annotate_duplicates).persist()
@@ -376,7 +378,7 @@ class IngestJob:
             self._fault(spark, fault_after[name], batch_id)
             return inserted, version
 
-        pool = self._pools.setdefault("writes", ThreadPoolExecutor(max_workers=3, thread_name_prefix="ingest-write"))
+        pool = self._pool("writes", 3)
         target = inheritable_thread_target(spark)(task)
         futures = {name: pool.submit(target, name, write) for name, write in writes.items()}
         wait(futures.values())
@@ -385,17 +387,27 @@ class IngestJob:
             raise next((e for e in errors if isinstance(e, PipelineError)), errors[0])
         return {name: f.result() for name, f in futures.items()}
 
-    def _background(self, name: str) -> ThreadPoolExecutor:
-        return self._pools.setdefault(name, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ingest-{name}"))
+    def _pool(self, name: str, workers: int = 1) -> ThreadPoolExecutor:
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"ingest-{name}")
+        return pool
 
     def _prewarm(self, names: list[str]) -> None:
-        """Build the next snapshot state of the tables just written, in the background."""
+        """Build the next snapshot state of the tables just written, in the background.
+
+        One at a time per table: a table whose previous pre-warm still runs is skipped (its next
+        write builds the state itself), so the work cannot pile up behind fast batches.
+        """
         if not self.prewarm_snapshots:
             return
         for name in names:
+            previous = self._prewarming.get(name)
+            if previous is not None and not previous.done():
+                continue
             # A plain thread (see _defer_audit): a stop of the query must not cancel it.
-            self._pending.append(self._background("prewarm").submit(
-                self._prewarm_quietly, self._sessions[name], self.tables.of(name)))
+            self._prewarming[name] = self._pool("prewarm").submit(
+                self._prewarm_quietly, self._sessions[name], self.tables.of(name))
 
     @staticmethod
     def _prewarm_quietly(session: SparkSession, path: str) -> None:
@@ -409,20 +421,35 @@ class IngestJob:
         """Queue the batch's audit row; a background writer inserts the queued rows in one MERGE.
 
         The writer runs at most once per ``audit_interval_s`` (one audit commit for several
-        batches instead of one per batch) and is flushed by :meth:`flush`. Its failure surfaces
-        here, failing this batch (which is then re-run, idempotently); rows lost to a crash are
-        recorded from the batches' commits at the next start.
+        batches instead of one per batch) and is flushed by :meth:`flush`. A failed write puts
+        its rows back in the queue and surfaces here, failing this batch (which is then re-run,
+        idempotently); rows lost to a crash are recorded from the batches' commits at the next
+        start.
         """
-        self._raise_background_error()
         row = self._audit_row(spark, res, started, versions=versions)
         with self._audit_lock:
             self._audit_queue.append(row)
-            if self._audit_future is not None and not self._audit_future.done():
-                return
-            session = self._session(spark, AUDIT)
             # Not an inheritable thread: the query's job tags would let a stop of the query
             # cancel this write, which belongs to batches Spark has already committed.
-            self._audit_future = self._background("audit").submit(self._audit_writer, spark, session)
+            self._audit_args = (spark, self._session(spark, AUDIT))
+            self._start_audit_writer()
+
+    def _start_audit_writer(self) -> Future[None] | None:
+        """With ``_audit_lock`` held: the running writer, or a new one if rows are queued.
+
+        Raises:
+            Exception: the previous writer failed (its rows are back in the queue).
+
+        """
+        future = self._audit_future
+        if future is not None:
+            if not future.done():
+                return future
+            self._audit_future = None
+            future.result()
+        if self._audit_queue and self._audit_args is not None:
+            self._audit_future = self._pool("audit").submit(self._audit_writer, *self._audit_args)
+        return self._audit_future
 
     def _audit_writer(self, spark: SparkSession, session: SparkSession) -> None:
         while True:
@@ -432,7 +459,12 @@ class IngestJob:
                 if not rows:
                     self._audit_future = None
                     return
-            self._write_audit_rows(session, rows)  # on failure the future holds the error (see _defer_audit)
+            try:
+                self._write_audit_rows(session, rows)
+            except BaseException:
+                with self._audit_lock:
+                    self._audit_queue[:0] = rows  # written by the next writer (or the next start)
+                raise
             self._audit_last = time.monotonic()
             self._fault(spark, faults.AFTER_AUDIT, max(r[2] for r in rows))
             if self.prewarm_snapshots:
@@ -440,37 +472,35 @@ class IngestJob:
 
     def _raise_background_error(self) -> None:
         with self._audit_lock:
-            future = self._audit_future
-            if future is not None and future.done():
-                self._audit_future = None
-        if future is not None and future.done():
-            future.result()
-        self._pending = [f for f in self._pending if not f.done()]
+            self._start_audit_writer()
 
     def flush(self) -> None:
         """Write the queued audit rows now and wait for the background work (pre-warming).
 
-        :func:`run_ingest` calls it when the query ends; call it yourself after a query started
-        with :func:`start_ingest` stops, before reading the audit table.
+        :func:`run_ingest` calls it when the query ends (and :func:`start_ingest` before a
+        query starts); call it yourself after a query started with :func:`start_ingest` stops,
+        before reading the audit table.
 
         Raises:
-            Exception: the deferred audit write failed (the next start records the rows from
-                the batches' commits).
+            Exception: the deferred audit write failed; its rows stay queued (and the next
+                start records rows of committed batches from their commits).
 
         """
-        pending, self._pending = self._pending, []
-        wait(pending)
+        wait(list(self._prewarming.values()))
         self._audit_wake.set()
         try:
             while True:
                 with self._audit_lock:
-                    future = self._audit_future
+                    future = self._start_audit_writer()
                 if future is None:
                     break
-                future.result()
-                with self._audit_lock:
-                    if self._audit_future is future:
-                        self._audit_future = None
+                try:
+                    future.result()
+                except BaseException:
+                    with self._audit_lock:  # surfaced here, once; the rows stay queued
+                        if self._audit_future is future:
+                            self._audit_future = None
+                    raise
         finally:
             self._audit_wake.clear()
 
@@ -603,8 +633,11 @@ class IngestJob:
         """
         apps = ", ".join(sorted({_sql_str(r[0]) for r in rows}))
         ids = [int(r[2]) for r in rows]
+        first: dict[tuple[str, int], tuple[Any, ...]] = {}
+        for r in rows:  # an insert-only MERGE inserts every copy of a new key: one row per batch
+            first.setdefault((r[0], int(r[2])), r)
         writers.merge_insert_if_absent(
-            spark.createDataFrame(rows, S.AUDIT_SCHEMA), self.tables.audit, [S.APP_ID, S.BATCH_ID],
+            spark.createDataFrame(list(first.values()), S.AUDIT_SCHEMA), self.tables.audit, [S.APP_ID, S.BATCH_ID],
             target_predicate=f"t.{S.APP_ID} IN ({apps}) AND t.{S.BATCH_ID} BETWEEN {min(ids)} AND {max(ids)}",
             session=spark)
 
@@ -724,6 +757,13 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
 
     """
     job = job or IngestJob.from_config(cfg)
+    try:  # a reused job's queued audit rows first: the recovery below must not race them
+        job.flush()
+    except Exception as e:
+        raise PipelineError(
+            f"the audit rows queued by the previous query could not be written: {explain_stream_error(str(e))}",
+            hint="start again with a new job object: the start records them from the batches' commits",
+        ) from e
     t = job.tables
     source = check_source(spark, cfg, t.bronze)  # before anything is created
     ensure_tables(spark, t, job.spec)

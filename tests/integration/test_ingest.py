@@ -375,3 +375,28 @@ def test_stopping_the_query_does_not_cancel_the_deferred_audit_write(spark, make
     assert "error" not in outcome, outcome.get("error")
     audit = table(spark, cfg, "audit").agg(F.count(F.lit(1)), F.sum("bronze_inserted")).first()
     assert tuple(audit) == (len(job.results), 300)
+
+
+def test_deferred_audit_rows_survive_a_failed_write_and_are_written_once(spark, make_cfg):
+    """A failed background audit write keeps its rows for the next write; a batch queued twice
+    (Spark re-running it before the rows were written) gets one row, not two."""
+    cfg, spec, tables, batch = one_batch(spark, make_cfg, 300, seed=37)
+    failures = ["once"]
+
+    class FlakyAuditJob(IngestJob):
+        def _write_audit_rows(self, session, rows):
+            if failures:
+                failures.pop()
+                raise RuntimeError("the audit write failed")
+            super()._write_audit_rows(session, rows)
+
+    job = FlakyAuditJob(spec, tables, app_id="run-1", out=None, audit_interval_s=3600)
+    job.process_batch(batch, 0, defer_audit=True)
+    job.process_batch(batch, 0, defer_audit=True)  # the re-run of batch 0 queues its row again
+    with pytest.raises(RuntimeError, match="the audit write failed"):
+        job.flush()
+    assert table(spark, cfg, "audit").count() == 0
+    job.flush()  # the failed write's rows were kept
+    rows = table(spark, cfg, "audit").collect()
+    assert [(r.app_id, r.batch_id, r.bronze_inserted) for r in rows] == [("run-1", 0, 300)]
+    batch.unpersist()
