@@ -313,8 +313,7 @@ def annotate_duplicates(df: DataFrame) -> DataFrame:
     value bytes differ from the kept one is a *conflict* (same ID, different payload). Valid
     and invalid rows are ranked apart (an invalid record never displaces a valid copy), so it
     can run on all of :func:`parse_records`' output. Adds ``_p_dup_rank`` and ``_p_conflict``;
-    use :func:`first_copies` (after :func:`valid_rows`), :func:`is_later_copy` and
-    :func:`duplicate_counts` on the result.
+    use :func:`first_copies` (after :func:`valid_rows`) and :func:`duplicate_sums` on the result.
     """
     valid = F.size(S.REASON_CODES) == 0 if S.REASON_CODES in df.columns else F.lit(True)
     w = Window.partitionBy(valid, F.col(S.MESSAGE_ID)).orderBy(S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET)
@@ -324,28 +323,22 @@ def annotate_duplicates(df: DataFrame) -> DataFrame:
     )
 
 
-def is_later_copy() -> Column:
-    """True on a copy :func:`annotate_duplicates` drops (not the first of its ``message_id``)."""
-    return F.col(_DUP_RANK) > 1
-
-
-def is_conflicting_copy() -> Column:
-    """True on a dropped copy whose value bytes differ from the kept one."""
-    return F.col(_CONFLICT)
-
-
 def first_copies(df: DataFrame) -> DataFrame:
     """One row per ``message_id``: the kept copy of :func:`annotate_duplicates`."""
     return df.filter(F.col(_DUP_RANK) == 1).drop(_DUP_RANK, _CONFLICT)
 
 
-def duplicate_counts(df: DataFrame) -> DataFrame:
-    """One row: ``rows``, ``duplicates`` (dropped copies) and ``conflicting`` (dropped, different payload)."""
-    return df.agg(
-        F.count(F.lit(1)).alias("rows"),
-        F.coalesce(F.sum((F.col(_DUP_RANK) > 1).cast("long")), F.lit(0)).alias("duplicates"),
-        F.coalesce(F.sum(F.col(_CONFLICT).cast("long")), F.lit(0)).alias("conflicting"),
-    )
+def duplicate_sums() -> list[Column]:
+    """Aggregates over :func:`annotate_duplicates`' output.
+
+    ``duplicates``: dropped copies of valid rows; ``conflicting``: those whose payload differs
+    from the kept copy.
+    """
+    valid = F.size(S.REASON_CODES) == 0
+    return [
+        F.coalesce(F.sum((valid & (F.col(_DUP_RANK) > 1)).cast("long")), F.lit(0)).alias("duplicates"),
+        F.coalesce(F.sum((valid & F.col(_CONFLICT)).cast("long")), F.lit(0)).alias("conflicting"),
+    ]
 
 
 def with_lineage(batch_id: int, app_id: str, ingested_at: Column,

@@ -245,8 +245,7 @@ class IngestJob:
                 F.max(S.KAFKA_OFFSET).alias("last"),
                 F.count(F.lit(1)).alias("rows"),
                 F.sum(valid.cast("long")).alias("valid"),
-                F.sum((valid & X.is_later_copy()).cast("long")).alias("duplicates"),
-                F.sum((valid & X.is_conflicting_copy()).cast("long")).alias("conflicting"),
+                *X.duplicate_sums(),
                 F.max(S.KAFKA_TIMESTAMP).alias("max_ts"),
                 F.collect_set(F.when(valid, F.col(S.EVENT_DATE))).alias("dates"),
             ).collect()
@@ -300,14 +299,17 @@ class IngestJob:
             if res.valid_rows < res.rows_read:
                 writes[QUARANTINE] = quarantine
             t = time.monotonic()
-            if batch_id <= self._last_batch.get(app_id, -1) or app_id not in self._last_batch:
+            confirmed: dict[str, writers.BatchCommit] = {}
+            last = self._last_batch.get(app_id)
+            if last is None or batch_id <= last:
                 # Possibly a re-run (the first batch after a start): before anything is written,
                 # prove any commit of it is this same batch (offsets, contract). The writes run
                 # concurrently, so a table that lacks the batch could otherwise take it under a
                 # new contract while another table's check fails.
                 for name in (BRONZE, QUARANTINE, SILVER):
-                    if writers.find_batch_commit(spark, self.tables.of(name), app_id, batch_id, recent_only=True):
-                        self._confirm_replay(spark, name, app_id, batch_id, res.offsets)
+                    found = writers.find_batch_commit(spark, self.tables.of(name), app_id, batch_id, recent_only=True)
+                    if found is not None:
+                        confirmed[name] = self._confirm_replay(spark, name, app_id, batch_id, res.offsets, found)
                 timings["replay_check"] = _ms(t)
             done = self._write_tables(spark, batch_id, writes, timings)
             self._last_batch[app_id] = max(batch_id, self._last_batch.get(app_id, -1))
@@ -318,7 +320,8 @@ class IngestJob:
             for name, (inserted, version) in done.items():
                 if inserted is None:  # Delta skipped it: this batch committed it before (a replay)
                     res.replayed = res.replayed or name == SILVER
-                    commit = self._confirm_replay(spark, name, app_id, batch_id, res.offsets)
+                    commit = (confirmed.get(name)
+                              or self._confirm_replay(spark, name, app_id, batch_id, res.offsets))
                     inserted, version = commit.inserted(), commit.version
                 inserted_by[name], versions[name] = inserted, version
             res.bronze_inserted = inserted_by[BRONZE]
@@ -505,7 +508,8 @@ class IngestJob:
             self._audit_wake.clear()
 
     def _confirm_replay(self, spark: SparkSession, name: str, app_id: str, batch_id: int,
-                        offsets: dict[str, dict[str, list[int]]]) -> writers.BatchCommit:
+                        offsets: dict[str, dict[str, list[int]]],
+                        found: writers.BatchCommit | None = None) -> writers.BatchCommit:
         """Delta skipped a write of this (app id, batch id): prove it is the same batch again.
 
         Spark re-runs an uncommitted batch with the same id *and the same offsets*; then the
@@ -520,9 +524,11 @@ class IngestJob:
         Raises:
             CheckpointRewindError: no commit of this batch, or one for other offsets.
 
+        ``found``: the commit, if the caller already read it from the history.
+
         """
         path = self.tables.of(name)
-        commit = writers.find_batch_commit(spark, path, app_id, batch_id)
+        commit = found or writers.find_batch_commit(spark, path, app_id, batch_id)
         if commit is not None and commit.offsets == offsets:
             if commit.meta.get("contract", self.contract_id) != self.contract_id:
                 raise ContractChangedError(
@@ -543,11 +549,11 @@ class IngestJob:
                      f"before upgrading, or give the job a new app id (ingest.query_name: {self.query_name}-2; "
                      "keep kafka.starting_offsets: earliest so nothing is skipped)",
             )
-        found = (f"its commit (table version {commit.version}) covered offsets {_short(commit.offsets)}"
-                 if commit is not None else "the table has no commit of that batch")
+        seen = (f"its commit (table version {commit.version}) covered offsets {_short(commit.offsets)}"
+                if commit is not None else "the table has no commit of that batch")
         raise CheckpointRewindError(
             f"batch {batch_id} of app id {app_id} reads offsets {_short(offsets)}, but the {name} table at "
-            f"{path} already recorded a later or equal batch of this app id and {found}. The checkpoint at "
+            f"{path} already recorded a later or equal batch of this app id and {seen}. The checkpoint at "
             f"{self.checkpoint or '(none)'} was rewound (offsets/ and commits/ deleted, or an older copy "
             "restored) while its metadata kept the query id: Delta would silently skip this batch's "
             f"records. The job stopped before Spark committed this batch; no table was given a second copy of "

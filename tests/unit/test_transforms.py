@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from pyspark.sql import Row
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.config import EventsConfig, FieldSpec
@@ -121,15 +122,18 @@ def test_dedupe_keeps_lowest_coordinates_and_counts_conflicts(spark, spec):
     a = event(message_id="a")
     a_conflict = event(message_id="a", amount=99)
     b = event(message_id="b")
-    p0 = kafka_rows(spark, [a, b, a], partition=0, start=10)      # a@0:10, b@0:11, a@0:12 (same bytes)
+    a_invalid = event(message_id="a", amount="not a number")
+    p0 = kafka_rows(spark, [a_invalid, a, b, a], partition=0, start=9)  # a@0:9 invalid, a@0:10, b@0:11, a@0:12
     p1 = kafka_rows(spark, [a_conflict, b], partition=1, start=0)  # a@1:0 conflicting, b@1:1 same
-    parsed = p0.unionByName(p1).transform(X.parse_records(spec)).transform(X.valid_rows)
-    annotated = parsed.transform(X.annotate_duplicates)
-    kept = annotated.transform(X.first_copies).select(S.MESSAGE_ID, S.KAFKA_PARTITION, S.KAFKA_OFFSET, "amount")
+    # All rows, invalid ones included (as the job does): the invalid copy at the lowest
+    # coordinates must neither displace the valid one nor count as a duplicate.
+    annotated = p0.unionByName(p1).transform(X.parse_records(spec)).transform(X.annotate_duplicates)
+    kept = (annotated.transform(X.valid_rows).transform(X.first_copies)
+            .select(S.MESSAGE_ID, S.KAFKA_PARTITION, S.KAFKA_OFFSET, "amount"))
     assertDataFrameEqual(kept, [Row(message_id="a", kafka_partition=0, kafka_offset=10, amount=Decimal("12.50")),
                                 Row(message_id="b", kafka_partition=0, kafka_offset=11, amount=Decimal("12.50"))])
-    counts = annotated.transform(X.duplicate_counts).collect()[0]
-    assert (counts.rows, counts.duplicates, counts.conflicting) == (5, 3, 1)
+    counts = annotated.agg(F.count(F.lit(1)).alias("rows"), *X.duplicate_sums()).collect()[0]
+    assert (counts.rows, counts.duplicates, counts.conflicting) == (6, 3, 1)
 
 
 def test_spec_rejects_bad_contracts():
