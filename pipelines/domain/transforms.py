@@ -12,6 +12,7 @@ so "amount is an object" and "message_id is a number" are told apart from "missi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 from pyspark.sql import Column, DataFrame, Window
@@ -222,6 +223,7 @@ def _message_id(spec: EventSpec, js: Column, is_object: Column) -> tuple[Column,
     return mid, checks
 
 
+@functools.lru_cache(maxsize=16)
 def parse_records(spec: EventSpec) -> Transform:
     """Decode and check Kafka records against the event contract.
 
@@ -231,69 +233,87 @@ def parse_records(spec: EventSpec) -> Transform:
     data field, ``event_date``, ``payload`` (the JSON text), ``value_sha256``, and
     ``reason``/``reason_codes``/``reason_message`` (empty codes = valid).
     """
+    # The column expressions are built once per session (and headers or not), not per batch:
+    # building them is hundreds of Py4J calls, which cost more than parsing a small batch.
+    built: dict[tuple[int, bool], list[list[Column]]] = {}
 
     def transform(df: DataFrame) -> DataFrame:
-        value = F.col(S.KAFKA_VALUE)
-        text = F.col(_TEXT)
-        js = F.col(_JSON)
-        has_value = value.isNotNull()
-        utf8 = F.col(_UTF8)
-        parsed = utf8 & js.isNotNull()
-        is_object = F.col(_IS_OBJECT)
-
-        checks: list[Check] = [
-            _check(~has_value, Reason.NULL_VALUE, F.lit("the record value is null (tombstone)")),
-            _check(has_value & ~utf8, Reason.INVALID_UTF8, F.lit("the value is not valid UTF-8")),
-            _check(utf8 & js.isNull(), Reason.NOT_JSON,
-                   F.concat(F.lit("the value is not valid JSON: "), F.substring(text, 1, 60))),
-            _check(parsed & ~is_object, Reason.NOT_OBJECT,
-                   F.concat(F.lit("the value is JSON "), F.schema_of_variant(js), F.lit(", not an object"))),
-        ]
-        mid, id_checks = _message_id(spec, js, is_object)
-        checks += id_checks
-        typed: dict[str, Column] = {}
-        for f in spec.data_fields:
-            col, fchecks = _field_column(f, js)
-            typed[f.name] = col
-            checks += [(is_object & cond, code, msg) for cond, code, msg in fchecks]
-        # Each intermediate column is its own projection, computed once per row: the flags
-        # (valid UTF-8, parsed, is an object) feed every check below.
-        base = df.select(
-            *kafka_columns(),
-            *([F.col(S.SRC_HEADERS)] if S.SRC_HEADERS in df.columns else []),
-            F.col(S.SRC_VALUE).cast("string").alias(_TEXT),
-        )
-        base = base.withColumn(_UTF8, has_value & F.is_valid_utf8(text))
-        base = base.withColumn(_JSON, F.when(utf8, F.try_parse_json(text)))
-        base = base.withColumn(_IS_OBJECT, F.coalesce(F.schema_of_variant(js).startswith("OBJECT"), F.lit(False)))
-        extracted: dict[str, Column] = {}
-        for name in ([spec.id_name] if spec.id_source == "field" else []) + [f.name for f in spec.data_fields]:
-            extracted.update(_extract(name, js))
-        base = base.withColumns(extracted)
-        codes = F.concat_ws(_SEP, *[F.when(cond, F.lit(code)) for cond, code, _ in checks])
-        out = base.select(
-            *[F.col(c) for c in (S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET, S.KAFKA_TIMESTAMP,
-                                 S.KAFKA_KEY, S.KAFKA_VALUE)],
-            mid.alias(S.MESSAGE_ID),
-            *[c.alias(name) for name, c in typed.items()],
-            F.when(utf8, text).alias(S.PAYLOAD),
-            F.sha2(F.coalesce(F.col(S.KAFKA_VALUE), F.lit(b"")), 256).alias(S.VALUE_SHA256),
-            codes.alias(_CODES),
-            F.concat_ws("; ", *[F.when(cond, msg) for cond, _, msg in checks]).alias(S.REASON_MESSAGE),
-        )
-        et = spec.event_time_field
-        event_date = F.to_date(F.col(et)) if et in typed else F.lit(None).cast("date")
-        failed = F.col(_CODES) != F.lit("")
-        return out.select(
-            *[c for c in out.columns if c not in (_CODES, S.REASON_MESSAGE)],
-            event_date.alias(S.EVENT_DATE),
-            F.when(failed, F.split(F.col(_CODES), _SEP)).otherwise(F.array().cast("array<string>"))
-            .alias(S.REASON_CODES),
-            F.when(failed, F.split(F.split(F.col(_CODES), _SEP)[0], ":")[0]).alias(S.REASON),
-            F.when(failed, F.col(S.REASON_MESSAGE)).alias(S.REASON_MESSAGE),
-        )
+        key = (id(df.sparkSession.sparkContext), S.SRC_HEADERS in df.columns)
+        stages = built.get(key)
+        if stages is None:
+            stages = built[key] = _parse_stages(spec, has_headers=key[1])
+        for columns in stages:
+            df = df.select(*columns)
+        return df
 
     return transform
+
+
+def _parse_stages(spec: EventSpec, *, has_headers: bool) -> list[list[Column]]:
+    """The projections of :func:`parse_records`, in order (each computed once per row)."""
+    value = F.col(S.KAFKA_VALUE)
+    text = F.col(_TEXT)
+    js = F.col(_JSON)
+    has_value = value.isNotNull()
+    utf8 = F.col(_UTF8)
+    parsed = utf8 & js.isNotNull()
+    is_object = F.col(_IS_OBJECT)
+
+    checks: list[Check] = [
+        _check(~has_value, Reason.NULL_VALUE, F.lit("the record value is null (tombstone)")),
+        _check(has_value & ~utf8, Reason.INVALID_UTF8, F.lit("the value is not valid UTF-8")),
+        _check(utf8 & js.isNull(), Reason.NOT_JSON,
+               F.concat(F.lit("the value is not valid JSON: "), F.substring(text, 1, 60))),
+        _check(parsed & ~is_object, Reason.NOT_OBJECT,
+               F.concat(F.lit("the value is JSON "), F.schema_of_variant(js), F.lit(", not an object"))),
+    ]
+    mid, id_checks = _message_id(spec, js, is_object)
+    checks += id_checks
+    typed: dict[str, Column] = {}
+    for f in spec.data_fields:
+        col, fchecks = _field_column(f, js)
+        typed[f.name] = col
+        checks += [(is_object & cond, code, msg) for cond, code, msg in fchecks]
+    extracted: dict[str, Column] = {}
+    for name in ([spec.id_name] if spec.id_source == "field" else []) + [f.name for f in spec.data_fields]:
+        extracted.update(_extract(name, js))
+    headers = [F.col(S.SRC_HEADERS)] if has_headers else []
+    passed = [F.col(c) for c in (*[dst for _, dst in _KAFKA_RENAMES], *([S.SRC_HEADERS] if has_headers else []))]
+    # Each intermediate column is its own projection, computed once per row: the flags
+    # (valid UTF-8, parsed, is an object) feed every check below.
+    stages: list[list[Column]] = [
+        [*kafka_columns(), *headers, F.col(S.SRC_VALUE).cast("string").alias(_TEXT)],
+        [*passed, text, (has_value & F.is_valid_utf8(text)).alias(_UTF8)],
+        [*passed, text, utf8, F.when(utf8, F.try_parse_json(text)).alias(_JSON)],
+        [*passed, text, utf8, js,
+         F.coalesce(F.schema_of_variant(js).startswith("OBJECT"), F.lit(False)).alias(_IS_OBJECT)],
+        [*passed, text, utf8, js, is_object, *[c.alias(n) for n, c in extracted.items()]],
+    ]
+    codes = F.concat_ws(_SEP, *[F.when(cond, F.lit(code)) for cond, code, _ in checks])
+    stages.append([
+        *[F.col(c) for c in (S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET, S.KAFKA_TIMESTAMP,
+                             S.KAFKA_KEY, S.KAFKA_VALUE)],
+        mid.alias(S.MESSAGE_ID),
+        *[c.alias(name) for name, c in typed.items()],
+        F.when(utf8, text).alias(S.PAYLOAD),
+        F.sha2(F.coalesce(F.col(S.KAFKA_VALUE), F.lit(b"")), 256).alias(S.VALUE_SHA256),
+        codes.alias(_CODES),
+        F.concat_ws("; ", *[F.when(cond, msg) for cond, _, msg in checks]).alias(S.REASON_MESSAGE),
+    ])
+    et = spec.event_time_field
+    event_date = F.to_date(F.col(et)) if et in typed else F.lit(None).cast("date")
+    failed = F.col(_CODES) != F.lit("")
+    kept = [S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET, S.KAFKA_TIMESTAMP, S.KAFKA_KEY, S.KAFKA_VALUE,
+            S.MESSAGE_ID, *typed, S.PAYLOAD, S.VALUE_SHA256]
+    stages.append([
+        *[F.col(c) for c in kept],
+        event_date.alias(S.EVENT_DATE),
+        F.when(failed, F.split(F.col(_CODES), _SEP)).otherwise(F.array().cast("array<string>"))
+        .alias(S.REASON_CODES),
+        F.when(failed, F.split(F.split(F.col(_CODES), _SEP)[0], ":")[0]).alias(S.REASON),
+        F.when(failed, F.col(S.REASON_MESSAGE)).alias(S.REASON_MESSAGE),
+    ])
+    return stages
 
 
 def valid_rows(df: DataFrame) -> DataFrame:

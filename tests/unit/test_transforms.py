@@ -145,3 +145,13 @@ def test_spec_rejects_bad_contracts():
         EventSpec.from_config(EventsConfig(fields=(FieldSpec("event_time", "string"),)))
     with pytest.raises(ConfigError, match="reserved"):
         EventSpec.from_config(EventsConfig(fields=(FieldSpec("event_time", "timestamp"), FieldSpec("payload"))))
+
+
+def test_parse_is_built_once_per_contract_and_reused_across_batches(spark, spec):
+    # The column expressions are built once (hundreds of Py4J calls) and serve every batch.
+    parse = X.parse_records(spec)
+    assert X.parse_records(spec) is parse
+    first = kafka_rows(spark, [event(message_id="a-1")]).transform(parse).collect()
+    second = kafka_rows(spark, [event(message_id="b-2", amount="x")], start=7).transform(parse).collect()
+    assert [(r.message_id, r.kafka_offset, r.reason) for r in first] == [("a-1", 0, None)]
+    assert [(r.message_id, r.kafka_offset, r.reason) for r in second] == [("b-2", 7, "BAD_DECIMAL")]
