@@ -122,6 +122,10 @@ def test_replayed_batch_changes_nothing(spark, make_cfg):
 
     first = job.process_batch(batch, 0)
     assert first.silver_inserted > 0 and not first.replayed
+    # The bronze and quarantine writes ran interpreted (WRITE_SESSION_CONF), silver with codegen.
+    mode = "spark.sql.codegen.factoryMode"
+    assert job._sessions["bronze"].conf.get(mode) == job._sessions["quarantine"].conf.get(mode) == "NO_CODEGEN"
+    assert job._sessions["silver"].conf.get(mode) != "NO_CODEGEN"
     versions = {t: table_version(spark, tables.of(t)) for t in ALL_TABLES}
     contents = {t: sorted(map(str, table(spark, cfg, t).drop(S.INGESTED_AT, "started_at", "finished_at").collect()))
                 for t in ALL_TABLES}
