@@ -1,0 +1,188 @@
+"""Expectation suites per table, from ``conf/expectations/<table>.yaml``, as Great Expectations objects.
+
+One file per table::
+
+    suite: silver_events            # optional; default "<table>"
+    expectations:
+      - type: expect_column_values_to_be_between
+        kwargs: {column: amount, min_value: 0, max_value: 1000000}
+        policy: quarantine          # quarantine | warn | fail
+        severity: critical          # optional: critical | warning | info (GX's own field)
+        description: amount within a sane range
+
+GX builds each entry into its pydantic expectation class, which rejects unknown kwargs; an
+unknown *type* GX would only fail to look up. The loader fails on both, naming the file, the
+entry (its position and type) and the closest valid name, before anything runs.
+
+``quarantine`` routes the failing rows away from silver, so it needs a row-level predicate:
+the loader accepts it only for the types :data:`ROW_LEVEL_TYPES` lists.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.errors import ConfigError
+
+POLICIES = ("quarantine", "warn", "fail")
+SEVERITIES = ("critical", "warning", "info")
+ENTRY_KEYS = ("type", "kwargs", "policy", "severity", "description")
+
+# Expectation types decided row by row, for which the pipeline derives a Spark predicate
+# (so failing rows can be quarantined in the batch's own pass). Others can only warn or fail.
+ROW_LEVEL_TYPES = frozenset({
+    "expect_column_values_to_not_be_null",
+    "expect_column_values_to_be_between",
+    "expect_column_values_to_be_in_set",
+    "expect_column_values_to_not_be_in_set",
+    "expect_column_values_to_match_regex",
+    "expect_column_values_to_not_match_regex",
+    "expect_column_value_lengths_to_be_between",
+})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One expectation of a suite with our policy."""
+
+    name: str  # unique in the suite: "<type>:<column>" (or "<type>#<n>" without a column)
+    type: str
+    kwargs: dict[str, Any]
+    policy: str
+    severity: str | None
+    description: str | None
+
+    @property
+    def row_level(self) -> bool:
+        """Decided row by row: failing rows can be routed (quarantine)."""
+        return self.type in ROW_LEVEL_TYPES
+
+
+@dataclass(frozen=True)
+class Suite:
+    """The expectations of one table, and the GX ``ExpectationSuite`` built from them."""
+
+    table: str
+    name: str
+    rules: tuple[Rule, ...]
+    source: str
+    gx_suite: Any  # great_expectations.core.ExpectationSuite
+
+
+def load_suites(folder: str | Path) -> dict[str, Suite]:
+    """Every ``<table>.yaml`` in ``folder`` -> its :class:`Suite` (none if the folder is absent)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {p.stem: load_suite(p) for p in sorted(folder.glob("*.yaml"))}
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Load and check one suite file; every error names the file and the entry."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'expectations', got {type(data).__name__}")
+    unknown = sorted(set(data) - {"suite", "expectations"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}{_closest(unknown[0], ['suite', 'expectations'])}")
+    entries = data.get("expectations") or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: 'expectations' must be a list of entries")
+    table = path.stem
+    name = str(data.get("suite") or table)
+    rules = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries, start=1):
+        rule = _rule(path, i, entry)
+        if rule.name in seen:
+            rule = Rule(f"{rule.name}#{i}", rule.type, rule.kwargs, rule.policy, rule.severity, rule.description)
+        seen[rule.name] = i
+        rules.append(rule)
+    return Suite(table=table, name=name, rules=tuple(rules), source=str(path),
+                 gx_suite=_gx_suite(path, name, rules))
+
+
+def _rule(path: Path, i: int, entry: Any) -> Rule:
+    where = f"{path}: expectations[{i}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping with 'type', 'kwargs' and 'policy'")
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            raise ConfigError(f"{where}: unknown key {key!r}{_closest(str(key), ENTRY_KEYS)}")
+    etype = entry.get("type")
+    if not isinstance(etype, str) or not etype:
+        raise ConfigError(f"{where}: 'type' is missing (a GX expectation type,"
+                          " e.g. expect_column_values_to_be_between)")
+    where = f"{where} ({etype})"
+    known = _registered_types()
+    if etype not in known:
+        raise ConfigError(f"{where}: unknown expectation type{_closest(etype, known)}")
+    kwargs = entry.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}: 'kwargs' must be a mapping")
+    policy = entry.get("policy")
+    if policy not in POLICIES:
+        raise ConfigError(f"{where}: 'policy' must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy == "quarantine" and etype not in ROW_LEVEL_TYPES:
+        raise ConfigError(
+            f"{where}: policy 'quarantine' needs a row-level expectation (one of {', '.join(sorted(ROW_LEVEL_TYPES))});"
+            f" {etype} is decided over the whole batch or table, so it can only be 'warn' or 'fail'")
+    severity = entry.get("severity")
+    if severity is not None and severity not in SEVERITIES:
+        raise ConfigError(f"{where}: 'severity' must be one of {', '.join(SEVERITIES)}, got {severity!r}")
+    description = entry.get("description")
+    _gx_expectation(where, etype, kwargs, severity, description)  # kwargs checked by GX's own model
+    column = kwargs.get("column")
+    name = f"{etype}:{column}" if column else f"{etype}#{i}"
+    return Rule(name, etype, dict(kwargs), policy, severity,
+                None if description is None else str(description))
+
+
+def _gx_expectation(where: str, etype: str, kwargs: dict[str, Any], severity: str | None,
+                    description: Any) -> Any:
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    cls: Any = get_expectation_impl(etype)
+    fields = sorted(cls.__fields__)
+    ours: dict[str, Any] = {k: v for k, v in (("severity", severity), ("description", description)) if v is not None}
+    for key in kwargs:
+        if key not in cls.__fields__ or key in ("id", "meta", "rendered_content", "batch_id"):
+            raise ConfigError(f"{where}: unknown kwarg {key!r}{_closest(str(key), fields)}")
+    try:
+        return cls(**kwargs, **ours)
+    except Exception as e:  # pydantic's ValidationError: a missing or mistyped kwarg
+        raise ConfigError(f"{where}: invalid kwargs: {_first_line(e)}") from e
+
+
+def _gx_suite(path: Path, name: str, rules: list[Rule]) -> Any:
+    import great_expectations as gx
+
+    # Built unbound (no GX context): the context that runs or stores it is the caller's.
+    return gx.ExpectationSuite(name=name, expectations=[
+        _gx_expectation(f"{path}: expectations[{i}] ({r.type})", r.type, r.kwargs, r.severity, r.description)
+        for i, r in enumerate(rules, start=1)])
+
+
+def _registered_types() -> list[str]:
+    from great_expectations.expectations.registry import list_registered_expectation_implementations
+
+    return sorted(list_registered_expectation_implementations())
+
+
+def _closest(name: str, options: Any) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
