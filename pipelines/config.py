@@ -274,6 +274,22 @@ def _to_raw(obj: Any) -> Any:
 # ---- loading ------------------------------------------------------------------------------
 
 
+def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
+    """The YAML file at ``path``, whose top level must be a mapping (an empty file is ``{}``).
+
+    Raises:
+        ConfigError: invalid YAML or another top level; the message names the file.
+
+    """
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be {expected}, got {type(data).__name__}")
+    return data
+
+
 def load_config(
     env_file: str | Path | None = None,
     *,
@@ -316,13 +332,7 @@ def load_config(
     raw: dict[str, Any] = {}
     origins: dict[tuple[str, ...], str] = {}
     for f in files:
-        try:
-            data = yaml.safe_load(f.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{f}: invalid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{f}: the top level must be a mapping of sections, got {type(data).__name__}")
-        _merge(raw, data, origins, str(f), ())
+        _merge(raw, read_yaml_mapping(f, "a mapping of sections"), origins, str(f), ())
 
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX):

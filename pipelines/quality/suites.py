@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pipelines.config import read_yaml_mapping
 from pipelines.errors import ConfigError
 
 POLICIES = ("quarantine", "warn", "fail")
@@ -85,12 +84,7 @@ def load_suites(folder: str | Path) -> dict[str, Suite]:
 def load_suite(path: str | Path) -> Suite:
     """Load and check one suite file; every error names the file and the entry."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with 'expectations', got {type(data).__name__}")
+    data = read_yaml_mapping(path, "a mapping with 'expectations'")
     unknown = sorted(set(data) - {"suite", "expectations"})
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}{_closest(unknown[0], ['suite', 'expectations'])}")

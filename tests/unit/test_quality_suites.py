@@ -84,7 +84,7 @@ def test_a_mistake_names_the_file_the_entry_and_the_closest_name(tmp_path, entry
 def test_unknown_top_level_key_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'expectation' \(did you mean 'expectations'\?\)"):
         load_suite(write(tmp_path, "expectation: []\n"))
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="invalid YAML"):
         load_suite(write(tmp_path, "expectations: [\n"))
 
 
