@@ -233,8 +233,8 @@ def parse_records(spec: EventSpec) -> Transform:
     data field, ``event_date``, ``payload`` (the JSON text), ``value_sha256``, and
     ``reason``/``reason_codes``/``reason_message`` (empty codes = valid).
     """
-    # The column expressions are built once per session (and headers or not), not per batch:
-    # building them is hundreds of Py4J calls, which cost more than parsing a small batch.
+    # The column expressions are built once per SparkContext (and headers or not), not per
+    # batch: building them is hundreds of Py4J calls, which cost more than parsing a small batch.
     built: dict[tuple[int, bool], list[list[Column]]] = {}
 
     def transform(df: DataFrame) -> DataFrame:
@@ -277,8 +277,9 @@ def _parse_stages(spec: EventSpec, *, has_headers: bool) -> list[list[Column]]:
     extracted: dict[str, Column] = {}
     for name in ([spec.id_name] if spec.id_source == "field" else []) + [f.name for f in spec.data_fields]:
         extracted.update(_extract(name, js))
+    kafka = [dst for _, dst in _KAFKA_RENAMES]
     headers = [F.col(S.SRC_HEADERS)] if has_headers else []
-    passed = [F.col(c) for c in (*[dst for _, dst in _KAFKA_RENAMES], *([S.SRC_HEADERS] if has_headers else []))]
+    passed = [*[F.col(c) for c in kafka], *headers]
     # Each intermediate column is its own projection, computed once per row: the flags
     # (valid UTF-8, parsed, is an object) feed every check below.
     stages: list[list[Column]] = [
@@ -291,8 +292,7 @@ def _parse_stages(spec: EventSpec, *, has_headers: bool) -> list[list[Column]]:
     ]
     codes = F.concat_ws(_SEP, *[F.when(cond, F.lit(code)) for cond, code, _ in checks])
     stages.append([
-        *[F.col(c) for c in (S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET, S.KAFKA_TIMESTAMP,
-                             S.KAFKA_KEY, S.KAFKA_VALUE)],
+        *[F.col(c) for c in kafka],
         mid.alias(S.MESSAGE_ID),
         *[c.alias(name) for name, c in typed.items()],
         F.when(utf8, text).alias(S.PAYLOAD),
@@ -303,8 +303,7 @@ def _parse_stages(spec: EventSpec, *, has_headers: bool) -> list[list[Column]]:
     et = spec.event_time_field
     event_date = F.to_date(F.col(et)) if et in typed else F.lit(None).cast("date")
     failed = F.col(_CODES) != F.lit("")
-    kept = [S.KAFKA_TOPIC, S.KAFKA_PARTITION, S.KAFKA_OFFSET, S.KAFKA_TIMESTAMP, S.KAFKA_KEY, S.KAFKA_VALUE,
-            S.MESSAGE_ID, *typed, S.PAYLOAD, S.VALUE_SHA256]
+    kept = [*kafka, S.MESSAGE_ID, *typed, S.PAYLOAD, S.VALUE_SHA256]
     stages.append([
         *[F.col(c) for c in kept],
         event_date.alias(S.EVENT_DATE),
