@@ -14,13 +14,16 @@ GX builds each entry into its pydantic expectation class, which rejects unknown 
 unknown *type* GX would only fail to look up. The loader fails on both, naming the file, the
 entry (its position and type) and the closest valid name, before anything runs.
 
-``quarantine`` routes the failing rows away from silver, so it needs a row-level predicate:
-the loader accepts it only for the types :data:`ROW_LEVEL_TYPES` lists.
+``quarantine`` is to route the failing rows away from silver, so it needs a row-level
+predicate: the loader accepts it only for the types :data:`ROW_LEVEL_TYPES` lists. The ingest
+job does not use these suites yet.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +34,13 @@ from pipelines.errors import ConfigError
 POLICIES = ("quarantine", "warn", "fail")
 SEVERITIES = ("critical", "warning", "info")
 ENTRY_KEYS = ("type", "kwargs", "policy", "severity", "description")
+# Fields of GX's expectation models that are not kwargs of an expectation (GX sets them, or
+# they are entry keys here).
+_NOT_KWARGS = frozenset({"id", "meta", "rendered_content", "batch_id", "severity", "description"})
 
-# Expectation types decided row by row, for which the pipeline derives a Spark predicate
-# (so failing rows can be quarantined in the batch's own pass). Others can only warn or fail.
+# Expectation types decided row by row: the ones the batch path is to route to quarantine with
+# a Spark predicate in its own pass (the routing is not built yet; today the loader only
+# enforces the rule). Others can only warn or fail.
 ROW_LEVEL_TYPES = frozenset({
     "expect_column_values_to_not_be_null",
     "expect_column_values_to_be_between",
@@ -93,19 +100,23 @@ def load_suite(path: str | Path) -> Suite:
         raise ConfigError(f"{path}: 'expectations' must be a list of entries")
     table = path.stem
     name = str(data.get("suite") or table)
-    rules = []
-    seen: dict[str, int] = {}
+    rules: list[Rule] = []
+    expectations = []
     for i, entry in enumerate(entries, start=1):
-        rule = _rule(path, i, entry)
-        if rule.name in seen:
-            rule = Rule(f"{rule.name}#{i}", rule.type, rule.kwargs, rule.policy, rule.severity, rule.description)
-        seen[rule.name] = i
+        rule, expectation = _rule(path, i, entry)
+        if any(r.name == rule.name for r in rules):
+            rule = dataclasses.replace(rule, name=f"{rule.name}#{i}")
         rules.append(rule)
+        expectations.append(expectation)
+    import great_expectations as gx
+
+    # Built unbound (no GX context): the context that runs or stores it is the caller's.
     return Suite(table=table, name=name, rules=tuple(rules), source=str(path),
-                 gx_suite=_gx_suite(path, name, rules))
+                 gx_suite=gx.ExpectationSuite(name=name, expectations=expectations))
 
 
-def _rule(path: Path, i: int, entry: Any) -> Rule:
+def _rule(path: Path, i: int, entry: Any) -> tuple[Rule, Any]:
+    """Entry ``i`` of the file, checked: the rule and its GX expectation object."""
     where = f"{path}: expectations[{i}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a mapping with 'type', 'kwargs' and 'policy'")
@@ -134,11 +145,11 @@ def _rule(path: Path, i: int, entry: Any) -> Rule:
     if severity is not None and severity not in SEVERITIES:
         raise ConfigError(f"{where}: 'severity' must be one of {', '.join(SEVERITIES)}, got {severity!r}")
     description = entry.get("description")
-    _gx_expectation(where, etype, kwargs, severity, description)  # kwargs checked by GX's own model
+    expectation = _gx_expectation(where, etype, kwargs, severity, description)  # kwargs checked by GX's model
     column = kwargs.get("column")
     name = f"{etype}:{column}" if column else f"{etype}#{i}"
     return Rule(name, etype, dict(kwargs), policy, severity,
-                None if description is None else str(description))
+                None if description is None else str(description)), expectation
 
 
 def _gx_expectation(where: str, etype: str, kwargs: dict[str, Any], severity: str | None,
@@ -146,26 +157,21 @@ def _gx_expectation(where: str, etype: str, kwargs: dict[str, Any], severity: st
     from great_expectations.expectations.registry import get_expectation_impl
 
     cls: Any = get_expectation_impl(etype)
-    fields = sorted(cls.__fields__)
-    ours: dict[str, Any] = {k: v for k, v in (("severity", severity), ("description", description)) if v is not None}
+    fields = sorted(set(cls.__fields__) - _NOT_KWARGS)
     for key in kwargs:
-        if key not in cls.__fields__ or key in ("id", "meta", "rendered_content", "batch_id"):
+        if key in ("severity", "description"):
+            raise ConfigError(f"{where}: {key!r} belongs to the entry, next to 'policy', not in 'kwargs'")
+        if key not in fields:
             raise ConfigError(f"{where}: unknown kwarg {key!r}{_closest(str(key), fields)}")
+    ours: dict[str, Any] = {k: v for k, v in (("severity", severity), ("description", description)) if v is not None}
     try:
         return cls(**kwargs, **ours)
     except Exception as e:  # pydantic's ValidationError: a missing or mistyped kwarg
-        raise ConfigError(f"{where}: invalid kwargs: {_first_line(e)}") from e
+        raise ConfigError(f"{where}: invalid kwargs: {_validation_message(e)}") from e
 
 
-def _gx_suite(path: Path, name: str, rules: list[Rule]) -> Any:
-    import great_expectations as gx
 
-    # Built unbound (no GX context): the context that runs or stores it is the caller's.
-    return gx.ExpectationSuite(name=name, expectations=[
-        _gx_expectation(f"{path}: expectations[{i}] ({r.type})", r.type, r.kwargs, r.severity, r.description)
-        for i, r in enumerate(rules, start=1)])
-
-
+@functools.cache
 def _registered_types() -> list[str]:
     from great_expectations.expectations.registry import list_registered_expectation_implementations
 
@@ -177,6 +183,7 @@ def _closest(name: str, options: Any) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def _first_line(e: Exception) -> str:
+def _validation_message(e: Exception) -> str:
+    """Pydantic's error without its first line (the model name): "field; problem"."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)

@@ -61,6 +61,8 @@ def test_every_folder_file_is_a_table_suite(tmp_path):
      "expectations[1] (expect_column_values_to_be_between): unknown kwarg 'max_valu' (did you mean 'max_value'?)"),
     ("{type: expect_column_values_to_be_in_set, kwargs: {}, policy: warn}",
      "expectations[1] (expect_column_values_to_be_in_set): invalid kwargs: column; field required"),
+    ("{type: expect_column_values_to_be_between, kwargs: {column: a, severity: critical}, policy: warn}",
+     "'severity' belongs to the entry, next to 'policy', not in 'kwargs'"),
     ("{type: expect_column_values_to_be_between, kwargs: {column: a}, polcy: warn}",
      "expectations[1]: unknown key 'polcy' (did you mean 'policy'?)"),
     ("{type: expect_column_values_to_be_between, kwargs: {column: a}, policy: drop}",
@@ -92,3 +94,13 @@ def test_row_level_types_are_registered_gx_types():
     from great_expectations.expectations.registry import list_registered_expectation_implementations
 
     assert ROW_LEVEL_TYPES <= set(list_registered_expectation_implementations())
+
+
+def test_two_rules_on_one_column_get_distinct_names(tmp_path):
+    suite = load_suite(write(tmp_path, """expectations:
+  - {type: expect_column_values_to_not_be_null, kwargs: {column: id}, policy: fail}
+  - {type: expect_column_values_to_not_be_null, kwargs: {column: id, mostly: 0.9}, policy: warn}
+"""))
+    assert [r.name for r in suite.rules] == ["expect_column_values_to_not_be_null:id",
+                                             "expect_column_values_to_not_be_null:id#2"]
+    assert [e.mostly for e in suite.gx_suite.expectations] == [1.0, 0.9]
