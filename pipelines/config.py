@@ -144,6 +144,8 @@ class TablesConfig:
     silver: str = "silver"
     quarantine: str = "quarantine"
     audit: str = "audit"
+    #: Per-batch data-quality results: one row per batch, suite and expectation.
+    quality: str = "quality"
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,17 @@ class IngestConfig:
     #: first copy; see README, Guarantees).
     silver_merge_scope: Literal["table", "event_date"] = "table"
     silver_merge_slack_days: int = 1
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Data-quality contracts (Great Expectations suites) checked on every batch."""
+
+    #: One suite per table, ``<table>.yaml``; ``silver.yaml`` is checked on every ingest batch.
+    #: A missing folder or file means no expectations for that table.
+    expectations_dir: str = "conf/expectations"
+    #: The Great Expectations project (stores and Data Docs), below ``app.data_dir`` unless absolute.
+    gx_dir: str = "gx"
 
 
 @dataclass(frozen=True)
@@ -197,6 +210,7 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     #: The files this config was read from, for messages.
     sources: tuple[str, ...] = ()
@@ -226,8 +240,18 @@ class Config:
         return "/".join([self.data_dir.rstrip("/"), *parts])
 
     def table_path(self, name: str) -> str:
-        """Location of the Delta table ``name`` (one of bronze, silver, quarantine, audit)."""
+        """Location of the Delta table ``name`` (one of bronze, silver, quarantine, audit, quality)."""
         return self.under_data_dir(paths.TABLES_SUBDIR, str(getattr(self.tables, name)))
+
+    @property
+    def expectations_dir(self) -> Path:
+        """The folder of the expectation suites."""
+        return Path(self.path(self.quality.expectations_dir))
+
+    @property
+    def gx_dir(self) -> str:
+        """The Great Expectations project folder."""
+        return self.under_data_dir(self.quality.gx_dir)
 
     @property
     def checkpoint_path(self) -> str:

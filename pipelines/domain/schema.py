@@ -207,6 +207,25 @@ AUDIT_SCHEMA = T.StructType([
 ])
 
 
+# One row per batch, suite and expectation: the batch's validation record (see pipelines.quality).
+QUALITY_SCHEMA = T.StructType([
+    T.StructField(APP_ID, T.StringType(), False),
+    T.StructField(BATCH_ID, T.LongType(), False),
+    T.StructField("suite", T.StringType(), False),
+    T.StructField("expectation", T.StringType(), False),  # the rule's name: <type>:<column>
+    T.StructField("expectation_type", T.StringType(), False),
+    T.StructField("kwargs", T.StringType(), False),  # JSON
+    T.StructField("policy", T.StringType(), False),
+    T.StructField("severity", T.StringType(), True),
+    T.StructField("success", T.BooleanType(), False),
+    T.StructField("element_count", T.LongType(), False),
+    T.StructField("unexpected_count", T.LongType(), True),
+    T.StructField("unexpected_percent", T.DoubleType(), True),
+    T.StructField("observed_value", T.StringType(), True),  # JSON, aggregate expectations
+    T.StructField("run_time", T.TimestampType(), False),
+])
+
+
 def silver_schema(spec: EventSpec) -> T.StructType:
     """Silver: one row per message_id, typed fields, the raw payload and the kept copy's coordinates."""
     return T.StructType([

@@ -13,8 +13,8 @@ from pipelines.domain import schema as S
 from pipelines.domain.schema import EventSpec
 from pipelines.errors import PipelineError
 
-BRONZE, SILVER, QUARANTINE, AUDIT = "bronze", "silver", "quarantine", "audit"
-ALL_TABLES = (BRONZE, SILVER, QUARANTINE, AUDIT)
+BRONZE, SILVER, QUARANTINE, AUDIT, QUALITY = "bronze", "silver", "quarantine", "audit", "quality"
+ALL_TABLES = (BRONZE, SILVER, QUARANTINE, AUDIT, QUALITY)
 
 _COORD_STATS = ",".join([*S.COORDINATES, S.BATCH_ID, S.APP_ID])
 
@@ -28,17 +28,19 @@ TABLE_PROPERTIES: dict[str, dict[str, str]] = {
         "delta.enableChangeDataFeed": "true",
     },
     AUDIT: {},
+    QUALITY: {},
 }
 
 
 @dataclass(frozen=True)
 class TablePaths:
-    """Where the four tables live."""
+    """Where the tables live."""
 
     bronze: str
     silver: str
     quarantine: str
     audit: str
+    quality: str
 
     @classmethod
     def from_config(cls, cfg: Config) -> TablePaths:
@@ -57,6 +59,7 @@ def table_schemas(spec: EventSpec) -> dict[str, T.StructType]:
         SILVER: S.silver_schema(spec),
         QUARANTINE: S.QUARANTINE_SCHEMA,
         AUDIT: S.AUDIT_SCHEMA,
+        QUALITY: S.QUALITY_SCHEMA,
     }
 
 

@@ -50,6 +50,7 @@ from pipelines.io.binding import check_source, record_source
 from pipelines.io.checkpoint import batch_ids, has_metadata, pending_batch
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
+from pipelines.quality.batch import BatchQuality, RuleResult, batch_quality, quality_rows
 
 # Session confs of the writes to bronze, quarantine and the audit table. Their per-row work is
 # light (a projection, and an anti-join on coordinates pruned to the batch's offset range); most
@@ -85,6 +86,8 @@ class BatchResult:
     lag_s: float | None = None
     replayed: bool = False
     timings_ms: dict[str, int] = field(default_factory=dict)
+    #: The silver suite's results on this batch (empty without a suite).
+    quality: list[RuleResult] = field(default_factory=list)
 
     def progress_line(self) -> str:
         """The per-batch progress line."""
@@ -135,6 +138,7 @@ class IngestJob:
             background (see :func:`writers.prewarm`); off only to measure what it saves.
         audit_interval_s: In a streaming query, the audit rows are written in the background,
             several batches per commit, at most this often (see :meth:`flush`).
+        quality: The silver expectation suite prepared for the batch path (None: no suite).
 
     """
 
@@ -152,6 +156,7 @@ class IngestJob:
         silver_writer: SilverWriter | None = None,
         prewarm_snapshots: bool = True,
         audit_interval_s: float = AUDIT_INTERVAL_S,
+        quality: BatchQuality | None = None,
     ) -> None:
         if app_id is None and checkpoint is None:
             raise ValueError("IngestJob needs an app_id or a checkpoint to derive it from")
@@ -169,9 +174,12 @@ class IngestJob:
         self.out = out
         self.results: list[BatchResult] = []
         self.silver_writer = silver_writer or merge_silver
-        #: A fingerprint of the event contract, recorded with every commit: a batch re-run under
-        #: another contract is refused (it could route a record differently the second time).
-        self.contract_id = hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
+        self.quality = quality
+        #: A fingerprint of the event contract and the quarantine rules of the silver suite,
+        #: recorded with every commit: a batch re-run under another contract is refused (it could
+        #: route a record differently the second time).
+        routing = repr(spec) + (quality.fingerprint if quality is not None and quality.fingerprint != "[]" else "")
+        self.contract_id = hashlib.sha256(routing.encode()).hexdigest()[:16]
         #: Kafka topic name -> topic id, recorded on every row (set by :func:`start_ingest`).
         self.topic_ids: dict[str, str] = {}
         #: A PipelineError raised inside a batch, kept so that run_ingest can show it as it is.
@@ -186,6 +194,8 @@ class IngestJob:
         self.audit_interval_s = audit_interval_s
         self._audit_future: Future[None] | None = None
         self._audit_queue: list[tuple[Any, ...]] = []
+        #: (app id, batch id) -> the batch's quality rows, written just before its audit row.
+        self._quality_rows: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
         self._audit_lock = threading.Lock()
         self._audit_wake = threading.Event()
         self._audit_last = time.monotonic()
@@ -198,10 +208,12 @@ class IngestJob:
         if cfg.ingest.silver_merge_slack_days < 0:
             raise ConfigError(f"{', '.join(cfg.sources) or 'config'}: ingest.silver_merge_slack_days must be "
                               f">= 0, got {cfg.ingest.silver_merge_slack_days}")
-        return cls(EventSpec.from_config(cfg.events), TablePaths.from_config(cfg),
+        spec = EventSpec.from_config(cfg.events)
+        return cls(spec, TablePaths.from_config(cfg),
                    query_name=cfg.ingest.query_name, checkpoint=cfg.checkpoint_path, app_id=app_id,
                    out=out if cfg.ingest.progress else None, silver_merge_scope=cfg.ingest.silver_merge_scope,
-                   slack_days=cfg.ingest.silver_merge_slack_days, silver_writer=silver_writer)
+                   slack_days=cfg.ingest.silver_merge_slack_days, silver_writer=silver_writer,
+                   quality=batch_quality(cfg, spec))
 
     def app_id(self, spark: SparkSession) -> str:
         """``<query_name>-<query id>``: changes when the checkpoint is reset, as batch ids restart at 0."""
@@ -250,7 +262,11 @@ class IngestJob:
             self._raise_background_error()
 
         raw = batch_df.persist()
-        parsed = raw.transform(X.parse_records(self.spec)).transform(X.annotate_duplicates).persist()
+        quality = self.quality
+        parsed = raw.transform(X.parse_records(self.spec))
+        if quality is not None:
+            parsed = parsed.transform(quality.route)
+        parsed = parsed.transform(X.annotate_duplicates).persist()
         try:
             valid = F.size(S.REASON_CODES) == 0
             stats = parsed.groupBy(S.KAFKA_TOPIC, S.KAFKA_PARTITION).agg(
@@ -261,6 +277,7 @@ class IngestJob:
                 *X.duplicate_sums(),
                 F.max(S.KAFKA_TIMESTAMP).alias("max_ts"),
                 F.collect_set(F.when(valid, F.col(S.EVENT_DATE))).alias("dates"),
+                *(quality.sums() if quality is not None else []),
             ).collect()
             timings["stats"] = _ms(t0)
             res.rows_read = sum(int(r["rows"]) for r in stats)
@@ -276,12 +293,19 @@ class IngestJob:
             if res.rows_read == 0:
                 res.bronze_inserted = res.quarantined = res.silver_inserted = res.duplicates_in_table = 0
                 return res
+            facts: dict[str, Any] = {}
+            if quality is not None:
+                t = time.monotonic()
+                res.quality = quality.results(stats, parsed)
+                facts["quality"] = [quality.suite.name, [r.as_list() for r in res.quality]]
+                timings["quality"] = _ms(t)
+                quality.check_failures(res.quality, parsed)  # a `fail` rule: stop before any write
             lineage = X.with_lineage(batch_id, app_id, F.lit(now).cast("timestamp"), self.topic_ids)
             coords = _offset_range_predicate(res.offsets)
             meta = writers.batch_metadata(app_id, batch_id, res.offsets, contract=self.contract_id,
                                           rows_read=res.rows_read, valid_rows=res.valid_rows,
                                           duplicates_in_batch=res.duplicates_in_batch,
-                                          conflicting_in_batch=res.conflicting_in_batch)
+                                          conflicting_in_batch=res.conflicting_in_batch, **facts)
             scope = (event_date_scope(dates, self.slack_days)
                      if self.silver_merge_scope == "event_date" and dates else None)
 
@@ -345,7 +369,11 @@ class IngestJob:
             res.timings_ms = timings
             self._prewarm(list(done))
 
-            # The audit row: one per (app id, batch id), keyed, so a re-run never adds a second one.
+            # The audit row: one per (app id, batch id), keyed, so a re-run never adds a second one;
+            # the quality rows (keyed too) are written just before it.
+            if quality is not None:
+                self._quality_rows[(app_id, batch_id)] = quality_rows(app_id, batch_id, quality.suite.name,
+                                                                      res.quality, now)
             if defer_audit:
                 self._defer_audit(spark, res, now, versions)
             else:
@@ -361,6 +389,8 @@ class IngestJob:
         self.results.append(res)
         if self.out is not None:
             self.out(res.progress_line())
+            if quality is not None and res.quality:
+                self.out(f"[quality] batch {batch_id}: {quality.summary(res.quality)}")
         return res
 
     # ---- concurrency: the table writes, the deferred audit row, snapshot pre-warming ---------
@@ -623,6 +653,10 @@ class IngestJob:
                                                    if SILVER in got and "duplicates_in_batch" in meta else 0),
                               timings_ms={})
             label = "audit row recovered from commits" if app_id == current_app_id else "abandoned batch, recovered"
+            if "quality" in meta:  # the batch's quality record, rebuilt from the same commits
+                suite, results = meta["quality"]
+                res.quality = [RuleResult.from_list(r) for r in results]
+                self._quality_rows[(app_id, batch_id)] = quality_rows(app_id, batch_id, suite, res.quality, now)
             self._write_audit(spark, res, now, query_name=f"{self.query_name} ({label})",
                               versions={name: c.version for name, c in got.items()})
             recovered.append(res)
@@ -652,6 +686,10 @@ class IngestJob:
         No transaction identity is needed: the key makes it idempotent, and a re-run batch's
         tables (written before its audit row) already proved it is the same batch.
         """
+        keys = [(str(r[0]), int(r[2])) for r in rows]
+        pending = [q for k in keys for q in self._quality_rows.get(k, [])]
+        if pending:
+            self._write_quality_rows(spark, pending)
         apps = ", ".join(sorted({_sql_str(r[0]) for r in rows}))
         ids = [int(r[2]) for r in rows]
         first: dict[tuple[str, int], tuple[Any, ...]] = {}
@@ -659,6 +697,21 @@ class IngestJob:
             first.setdefault((r[0], int(r[2])), r)
         writers.merge_insert_if_absent(
             spark.createDataFrame(list(first.values()), S.AUDIT_SCHEMA), self.tables.audit, [S.APP_ID, S.BATCH_ID],
+            target_predicate=f"t.{S.APP_ID} IN ({apps}) AND t.{S.BATCH_ID} BETWEEN {min(ids)} AND {max(ids)}",
+            session=spark)
+        for k in keys:
+            self._quality_rows.pop(k, None)
+
+    def _write_quality_rows(self, spark: SparkSession, rows: list[tuple[Any, ...]]) -> None:
+        """Insert quality rows keyed on (app id, batch id, suite, expectation): a re-run adds none."""
+        apps = ", ".join(sorted({_sql_str(r[0]) for r in rows}))
+        ids = [int(r[1]) for r in rows]
+        first: dict[tuple[str, int, str, str], tuple[Any, ...]] = {}
+        for r in rows:
+            first.setdefault((r[0], int(r[1]), r[2], r[3]), r)
+        writers.merge_insert_if_absent(
+            spark.createDataFrame(list(first.values()), S.QUALITY_SCHEMA), self.tables.quality,
+            [S.APP_ID, S.BATCH_ID, "suite", "expectation"],
             target_predicate=f"t.{S.APP_ID} IN ({apps}) AND t.{S.BATCH_ID} BETWEEN {min(ids)} AND {max(ids)}",
             session=spark)
 

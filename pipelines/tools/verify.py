@@ -41,6 +41,8 @@ from pipelines.domain.schema import EventSpec, spark_type
 from pipelines.io.binding import describe_source
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import TablePaths
+from pipelines.quality.batch import batch_quality
+from pipelines.quality.rules import RowCheck
 from pipelines.tools.reference import Decoder
 
 SAMPLES = 5
@@ -120,16 +122,20 @@ def read_topic(spark: SparkSession, cfg: Config) -> DataFrame:
 
 
 _VALID = "_ref_valid"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def reference_decoding(topic: DataFrame, spec: EventSpec, topic_ids: dict[str, str]) -> DataFrame:
+def reference_decoding(topic: DataFrame, spec: EventSpec, topic_ids: dict[str, str],
+                       checks: list[RowCheck] | None = None) -> DataFrame:
     """Decode Spark Kafka-source rows with the reference decoder, on the executors.
 
     Returns the coordinates (the topic id from ``topic_ids``), ``message_id``, ``reason_codes``
     (sorted, distinct), ``payload`` (the value as UTF-8 text), one typed column per data field,
-    ``event_date`` and a validity flag.
+    ``event_date`` and a validity flag. ``checks``: the silver suite's ``quarantine`` rules,
+    applied (in Python) to records that pass the contract, as the job does.
     """
     decoder = Decoder(spec)
+    routing = [c for c in checks or [] if c.rule.policy == "quarantine"]
     data_fields = [f.name for f in spec.data_fields]
     schema = T.StructType([
         T.StructField(S.KAFKA_TOPIC, T.StringType()), T.StructField(S.KAFKA_TOPIC_ID, T.StringType()),
@@ -148,14 +154,21 @@ def reference_decoding(topic: DataFrame, spec: EventSpec, topic_ids: dict[str, s
             value = None if r.value is None else bytes(r.value)
             headers = [(h["key"], None if h["value"] is None else bytes(h["value"])) for h in (r.headers or [])]
             d = decoder.decode(value, None if r.key is None else bytes(r.key), headers)
+            codes = list(d.reason_codes)
+            if routing and not codes:
+                ts = None if r.ts_micros is None else _EPOCH + dt.timedelta(microseconds=r.ts_micros)
+                row = {**d.values, S.MESSAGE_ID: d.message_id, S.EVENT_DATE: d.event_date, S.KAFKA_TIMESTAMP: ts}
+                codes = sorted({c.code for c in routing if c.fails(row)})
             try:
                 payload = value.decode("utf-8") if value is not None else None
             except UnicodeDecodeError:
                 payload = None
-            yield (r.topic, topic_ids.get(r.topic), r.partition, r.offset, d.message_id, list(d.reason_codes), payload,
-                   *[utc(d.values[n]) for n in data_fields], d.event_date, d.valid)
+            yield (r.topic, topic_ids.get(r.topic), r.partition, r.offset, d.message_id, codes, payload,
+                   *[utc(d.values[n]) for n in data_fields], d.event_date, not codes)
 
-    cols = topic.select("key", "value", "topic", "partition", "offset", "headers")
+    # The Kafka timestamp as microseconds: a Row's datetime would be in the worker's local zone.
+    cols = topic.select("key", "value", "topic", "partition", "offset", F.unix_micros("timestamp").alias("ts_micros"),
+                        "headers")
     return topic.sparkSession.createDataFrame(cols.rdd.mapPartitions(decode_partition), schema)
 
 
@@ -166,7 +179,9 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
     coords = list(S.COORDINATES)
     data_fields = [f.name for f in spec.data_fields]
     identity = describe_source(spark, cfg)
-    topic = reference_decoding(read_topic(spark, cfg), spec, identity.topics).persist()
+    quality = batch_quality(cfg, spec)
+    topic = reference_decoding(read_topic(spark, cfg), spec, identity.topics,
+                               quality.checks if quality is not None else None).persist()
     # Rows of other topic incarnations (a deleted and recreated topic, a rebound source) are no
     # longer in Kafka: they are counted, not reconciled.
     now = spark.createDataFrame(sorted(identity.topics.items()), f"{S.KAFKA_TOPIC} string, {S.KAFKA_TOPIC_ID} string")
