@@ -12,6 +12,8 @@ sweep      fixed vs marginal cost per micro-batch (maxOffsetsPerTrigger sweep, n
            t = a + b*rows), and where a 1000-row batch's time goes, stage by stage (before/after).
 freshness  Kafka timestamp -> the silver commit that made the row visible, p50/p99, at 25/50/75 %
            of our median drain rate (quick: 50 %).
+quality    the exactly-once job with the silver expectation suite on vs off, at 10,000 and
+           100,000 records per batch (target: on >= 0.75x off); not in the default sections.
 merge      MERGE time vs silver size, key MERGE over the table vs the event-date scope
            (slow: 50M rows; `make bench-merge` writes bench/results/merge-scope).
 
@@ -33,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import batch_cost, drain, freshness, merge_scope, report
+from bench import batch_cost, drain, freshness, merge_scope, quality_cost, report
 from bench.common import (
     REPO,
     WORKER_TIMEOUT_S,
@@ -48,7 +50,7 @@ from bench.common import (
     run_isolated,
 )
 
-SECTIONS = ("drain", "sweep", "freshness", "merge")
+SECTIONS = ("drain", "sweep", "freshness", "quality", "merge")
 DEFAULT_SECTIONS = "drain,sweep,freshness"
 DRAIN_TOPIC = "drain"
 
@@ -131,9 +133,9 @@ def run_sections(st: Settings, sections: list[str], res: dict[str, Any]) -> None
     if st.before is not None:
         probe = run_isolated("probe", work=st.work / "probe-before", code=st.before, label="probe before")
         log(f"before code: commit {st.before.commit}, pipelines from {probe['pipelines_file']}")
-    assert st.bootstrap is not None or not ({"drain", "sweep", "freshness"} & set(sections))
+    assert st.bootstrap is not None or not ({"drain", "sweep", "freshness", "quality"} & set(sections))
     drain_topic = None
-    need_drain_topic = "drain" in sections or "sweep" in sections or (
+    need_drain_topic = "drain" in sections or "sweep" in sections or "quality" in sections or (
         "freshness" in sections and st.fresh_rate is None)
     if need_drain_topic:
         assert st.bootstrap is not None
@@ -162,6 +164,9 @@ def run_sections(st: Settings, sections: list[str], res: dict[str, Any]) -> None
             rate = r["records"] / r["seconds"]
         res["sizes"]["fresh_max_rate"] = rate
         res["freshness"] = freshness.run(st, rate)
+    if "quality" in sections:
+        assert drain_topic is not None
+        res["quality"] = quality_cost.run(st, drain_topic)
     if "merge" in sections:
         res["merge"] = merge_scope.run(st)
 
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     ok = False
     try:
-        if {"drain", "sweep", "freshness"} & set(sections):
+        if {"drain", "sweep", "freshness", "quality"} & set(sections):
             log("starting the embedded Kafka broker ...")
             broker = start_broker(work)
             st = dataclasses.replace(st, bootstrap=broker.bootstrap_servers)

@@ -257,6 +257,14 @@ def exactly_once(spark: SparkSession, cfg: Config, topic: str, work: Path, max_o
             "progress_matched": matched, "tables": rows}
 
 
+def exactly_once_no_quality(spark: SparkSession, cfg: Config, topic: str, work: Path,
+                            max_offsets: int) -> dict[str, Any]:
+    """:func:`exactly_once` without the silver expectation suite (an empty expectations folder)."""
+    empty = work / "no-expectations"
+    empty.mkdir(parents=True, exist_ok=True)
+    return exactly_once(spark, cfg.with_overrides(quality={"expectations_dir": str(empty)}), topic, work, max_offsets)
+
+
 def attach_progress(batches: list[dict[str, Any]], durations: list[dict[str, int]], rows: list[int]) -> bool:
     """Give each of our batches the ``durationMs`` of its query progress, matched by order of non-empty batches.
 

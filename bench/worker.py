@@ -6,8 +6,8 @@ Python-only pipelines), runs the pipeline, and prints exactly one line ``BENCH-R
 on stdout; everything else (Spark, the JVM, our own prints) goes to stderr.
 
 Pipelines: ``probe`` (which ``pipelines`` package is imported; no Spark), ``raw_consumer``,
-``spark_ceiling``, ``delta_sink``, ``single_append``, ``at_least_once``, ``exactly_once``
-(see :mod:`bench.drain`), ``freshness`` (:mod:`bench.freshness`) and ``merge``
+``spark_ceiling``, ``delta_sink``, ``single_append``, ``at_least_once``, ``exactly_once``,
+``exactly_once_no_quality`` (see :mod:`bench.drain`), ``freshness`` (:mod:`bench.freshness`) and ``merge``
 (:mod:`bench.merge_scope`).
 
 Which ``pipelines`` is imported depends on how the worker is started (``PYTHONPATH``; see
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pipelines.config import Config
 
 SPARK_PIPELINES = ("spark_ceiling", "delta_sink", "single_append", "at_least_once", "exactly_once",
-                   "freshness", "merge")
+                   "exactly_once_no_quality", "freshness", "merge")
 PIPELINES = ("probe", "raw_consumer", *SPARK_PIPELINES)
 
 
@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return {"rows": rows}
         fn = {"spark_ceiling": drain.spark_ceiling, "delta_sink": drain.delta_sink,
               "single_append": drain.single_append, "at_least_once": drain.at_least_once,
-              "exactly_once": drain.exactly_once}[args.pipeline]
+              "exactly_once": drain.exactly_once,
+              "exactly_once_no_quality": drain.exactly_once_no_quality}[args.pipeline]
         return fn(spark, cfg, _need(args, "topic"), work, args.max_offsets)
     finally:
         spark.stop()

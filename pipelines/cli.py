@@ -6,6 +6,7 @@ Commands:
     produce       send a seeded demo stream with duplicates and malformed records
     ingest        run the exactly-once ingest job (streaming, or --available-now)
     verify        reconcile the topic with the tables; exit 1 on any discrepancy
+    quality       docs: build Great Expectations Data Docs; check --table T: validate a whole table
     migrate       evolve existing tables to a changed event contract (safe changes only)
     rebind        accept a new Kafka source (another cluster, a recreated topic) deliberately
     demo          what `make run` does: broker, produce, ingest, verify, summary
@@ -70,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="reconcile the topic with bronze/quarantine/silver")
     v.add_argument("--ledger", action="store_true", help="also check the producer ledgers of the topic")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    q = sub.add_parser("quality", help="data-quality contracts: Data Docs, whole-table checks")
+    qs = q.add_subparsers(dest="quality_command", required=True, metavar="action")
+    qd = qs.add_parser("docs", help="store the suites and the newest batch results in the GX project, build Data "
+                       "Docs (HTML) under the data folder, print the index path")
+    qd.add_argument("--batches", type=int, default=100,
+                    help="newest batch records to add to GX's store (0: all; default: %(default)s)")
+    qc = qs.add_parser("check", help="validate a whole table with its suite (for silver also: message_id unique); "
+                       "exit 1 on failure")
+    qc.add_argument("--table", required=True, help="bronze, silver, quarantine, audit or quality")
+    qc.add_argument("--json", action="store_true", help="print the results as JSON")
 
     mg = sub.add_parser("migrate", help="evolve existing tables to the event contract in the config (safe changes "
                         "only: add an optional column, drop NOT NULL, widen a decimal)")
@@ -216,6 +228,32 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_quality(cfg: Config, args: argparse.Namespace) -> int:
+    """``quality docs`` and ``quality check --table T``."""
+    from pipelines.quality import project
+    from pipelines.session import build_session
+
+    spark = build_session(cfg)
+    if args.quality_command == "docs":
+        index, added = project.build_docs(spark, cfg, batches=args.batches or None)
+        print(f"quality: {added} batch result(s) added to the GX store")
+        print(f"Data Docs: {index}")
+        return 0
+    ok, results, suite = project.check_table(spark, cfg, args.table)
+    if args.json:
+        print(json.dumps({"table": args.table, "suite": suite, "success": ok,
+                          "results": [r.__dict__ for r in results]}, indent=2, default=str))
+    else:
+        print(f"quality check of {args.table} (suite {suite}): {'passed' if ok else 'FAILED'}")
+        width = max((len(r.expectation) for r in results), default=10)
+        for r in results:
+            detail = (f"{r.unexpected_count} of {r.element_count} unexpected" if r.unexpected_count is not None
+                      else f"observed {r.observed_value}")
+            sample = f"  e.g. {', '.join(map(str, r.sample[:3]))}" if r.sample and not r.success else ""
+            print(f"  {'ok  ' if r.success else 'FAIL'}  {r.expectation:<{width}}  {detail}{sample}")
+    return 0 if ok else 1
+
+
 def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     """``migrate``: apply the safe schema changes, or refuse naming the unsafe ones."""
     from pipelines.domain.schema import EventSpec
@@ -291,6 +329,12 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
           flush=True)
     print("[demo] verifying (topic from earliest vs tables, plus the producer ledger) ...", flush=True)
     report = _verify(cfg, spark, True)
+    docs = None
+    if (cfg.expectations_dir / "silver.yaml").is_file():
+        from pipelines.quality import project
+
+        print("[demo] building Great Expectations Data Docs ...", flush=True)
+        docs, _ = project.build_docs(spark, cfg)
     print()
     print("=" * 72)
     print("produced this run:  " + ", ".join(
@@ -301,6 +345,8 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
                                                "duplicates_in_batch", "duplicates_in_table")))
     print(report.table())
     print(f"tables: {Path(cfg.data_dir) / paths.TABLES_SUBDIR}  checkpoint: {cfg.checkpoint_path}")
+    if docs is not None:
+        print(f"data quality: {cfg.expectations_dir / 'silver.yaml'} -> quality table, Data Docs: {docs}")
     print(f"total {time.monotonic() - t_all:.0f}s; the broker keeps running (`make kafka-down` stops it)")
     print("=" * 72)
     return 0 if report.ok else 1
@@ -391,7 +437,7 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
     "verify": cmd_verify, "migrate": cmd_migrate, "rebind": cmd_rebind, "demo": cmd_demo, "spark-args": cmd_spark_args,
-    "submit": cmd_submit, "chaos": cmd_chaos,
+    "submit": cmd_submit, "chaos": cmd_chaos, "quality": cmd_quality,
 }
 
 

@@ -60,6 +60,9 @@ class Reason:
     ID_WHITESPACE = "ID_WHITESPACE"  # leading/trailing whitespace, with events.id_whitespace: reject
     ID_TOO_LONG = "ID_TOO_LONG"  # longer than events.id_max_length
     OUT_OF_RANGE = "OUT_OF_RANGE"  # a JSON number beyond the range of a double
+    # Not a contract check: a row that failed a `quarantine` rule of the silver expectation suite
+    # (the code is EXPECTATION:<rule>, see pipelines.quality).
+    EXPECTATION = "EXPECTATION"
 
     ALL = (NULL_VALUE, INVALID_UTF8, NOT_JSON, NOT_OBJECT, MISSING_ID, EMPTY_ID, ID_WHITESPACE, ID_TOO_LONG,
            MISSING_FIELD, WRONG_TYPE, BAD_DECIMAL, BAD_TIMESTAMP, INVALID_VALUE, OUT_OF_RANGE)

@@ -688,32 +688,12 @@ class IngestJob:
         """
         keys = [(str(r[0]), int(r[2])) for r in rows]
         pending = [q for k in keys for q in self._quality_rows.get(k, [])]
-        if pending:
-            self._write_quality_rows(spark, pending)
-        apps = ", ".join(sorted({_sql_str(r[0]) for r in rows}))
-        ids = [int(r[2]) for r in rows]
-        first: dict[tuple[str, int], tuple[Any, ...]] = {}
-        for r in rows:  # an insert-only MERGE inserts every copy of a new key: one row per batch
-            first.setdefault((r[0], int(r[2])), r)
-        writers.merge_insert_if_absent(
-            spark.createDataFrame(list(first.values()), S.AUDIT_SCHEMA), self.tables.audit, [S.APP_ID, S.BATCH_ID],
-            target_predicate=f"t.{S.APP_ID} IN ({apps}) AND t.{S.BATCH_ID} BETWEEN {min(ids)} AND {max(ids)}",
-            session=spark)
+        if pending:  # the batches' quality records first: a crash in between leaves no audit row
+            _insert_keyed(spark, pending, S.QUALITY_SCHEMA, self.tables.quality, (S.APP_ID, S.BATCH_ID, "suite",
+                                                                                  "expectation"))
+        _insert_keyed(spark, rows, S.AUDIT_SCHEMA, self.tables.audit, (S.APP_ID, S.BATCH_ID))
         for k in keys:
             self._quality_rows.pop(k, None)
-
-    def _write_quality_rows(self, spark: SparkSession, rows: list[tuple[Any, ...]]) -> None:
-        """Insert quality rows keyed on (app id, batch id, suite, expectation): a re-run adds none."""
-        apps = ", ".join(sorted({_sql_str(r[0]) for r in rows}))
-        ids = [int(r[1]) for r in rows]
-        first: dict[tuple[str, int, str, str], tuple[Any, ...]] = {}
-        for r in rows:
-            first.setdefault((r[0], int(r[1]), r[2], r[3]), r)
-        writers.merge_insert_if_absent(
-            spark.createDataFrame(list(first.values()), S.QUALITY_SCHEMA), self.tables.quality,
-            [S.APP_ID, S.BATCH_ID, "suite", "expectation"],
-            target_predicate=f"t.{S.APP_ID} IN ({apps}) AND t.{S.BATCH_ID} BETWEEN {min(ids)} AND {max(ids)}",
-            session=spark)
 
     def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime,
                      query_name: str | None = None, versions: dict[str, int] | None = None) -> None:
@@ -725,6 +705,26 @@ SilverWriter = Callable[..., "int | None"]
 """Writes a batch's deduplicated silver rows: ``(rows, path, *, app_id, version,
 target_predicate, metadata, session) -> rows inserted, or None if Delta skipped it as a
 replay``; ``session`` is the write's own session (it runs concurrently with the others)."""
+
+
+def _insert_keyed(spark: SparkSession, rows: list[tuple[Any, ...]], schema: Any, path: str,
+                  key: tuple[str, ...]) -> None:
+    """Insert ``rows`` (tuples in ``schema`` order) into the table at ``path``, keyed on ``key``.
+
+    A row whose key is already there is left as it is; the key starts with app id and batch id,
+    which also restrict the target files read.
+    """
+    names = schema.fieldNames()
+    app, batch = names.index(S.APP_ID), names.index(S.BATCH_ID)
+    first: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for r in rows:  # an insert-only MERGE inserts every copy of a new key: one row per key
+        first.setdefault(tuple(r[names.index(k)] for k in key), r)
+    apps = ", ".join(sorted({_sql_str(r[app]) for r in rows}))
+    ids = [int(r[batch]) for r in rows]
+    writers.merge_insert_if_absent(
+        spark.createDataFrame(list(first.values()), schema), path, list(key),
+        target_predicate=f"t.{S.APP_ID} IN ({apps}) AND t.{S.BATCH_ID} BETWEEN {min(ids)} AND {max(ids)}",
+        session=spark)
 
 
 def merge_silver(rows: DataFrame, path: str, *, app_id: str, version: int, target_predicate: str | None,

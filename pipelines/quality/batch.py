@@ -178,7 +178,9 @@ class BatchQuality:
 
             ctx = gx.get_context(mode="ephemeral")
             ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-            asset = ctx.data_sources.add_spark("batch").add_dataframe_asset("silver_batch")
+            # persist=False: GX would cache every batch's DataFrame and never release it (the rows
+            # are cached by the job already, for the batch's duration).
+            asset = ctx.data_sources.add_spark("batch", persist=False).add_dataframe_asset("silver_batch")
             suite = gx.ExpectationSuite(name=f"{self.suite.name}_aggregates",
                                         expectations=[rule_expectation(self.suite, r) for r in self.aggregates])
             self._gx = (asset.add_batch_definition_whole_dataframe("batch"), suite)

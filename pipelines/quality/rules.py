@@ -39,7 +39,7 @@ from pipelines.errors import ConfigError
 from pipelines.quality.suites import Rule, Suite
 
 #: The reason code prefix of a row quarantined by an expectation: ``EXPECTATION:<rule name>``.
-REASON_PREFIX = "EXPECTATION"
+REASON_PREFIX = S.Reason.EXPECTATION
 
 _PARAMETER = re.compile(r"^\s*now\(\)\s*(?:([+-])\s*timedelta\(([^()]*)\))?\s*$")
 _DELTA_ARG = re.compile(r"^\s*(weeks|days|hours|minutes|seconds)\s*=\s*([0-9]+(?:\.[0-9]+)?)\s*$")
@@ -61,7 +61,13 @@ class RelativeToRecord:
         return None if kafka_ts is None else _aware(kafka_ts) + self.delta
 
 
-def _parameter(where: str, value: Any) -> RelativeToRecord | None:
+def parameter(where: str, value: Any) -> RelativeToRecord | None:
+    """A bound ``{"$PARAMETER": "now() +/- timedelta(...)"}`` read as :class:`RelativeToRecord`; None for a constant.
+
+    Raises:
+        ConfigError: another parameter expression (named with ``where``).
+
+    """
     if not (isinstance(value, dict) and "$PARAMETER" in value):
         return None
     text = str(value["$PARAMETER"])
@@ -318,7 +324,7 @@ def _row_check(suite: Suite, rule: Rule, types: Mapping[str, T.DataType]) -> Row
         bounds: dict[str, Any] = {}
         for key in ("min_value", "max_value"):
             raw = kw.get(key)
-            rel = _parameter(f"{where}: {key}", raw)
+            rel = parameter(f"{where}: {key}", raw)
             if rel is not None and (kind == "length" or not isinstance(dtype, T.TimestampType)):
                 raise ConfigError(f"{where}: {key}: now() only applies to the values of a timestamp column")
             bounds[key] = rel if rel is not None else (

@@ -47,6 +47,10 @@ MALFORMED_KINDS: dict[str, str] = {
     "unknown_event_type": Reason.INVALID_VALUE,
     "invalid_utf8": Reason.INVALID_UTF8,
     "null_value": Reason.NULL_VALUE,
+    # Valid under the event contract, but failing a quarantine rule of the default expectation
+    # suite (conf/expectations/silver.yaml): the demo shows quality routing too.
+    "negative_amount": Reason.EXPECTATION,
+    "unknown_currency": Reason.EXPECTATION,
 }
 
 VALID, DUPLICATE, CONFLICT = "valid", "duplicate", "conflict"
@@ -169,6 +173,10 @@ def _malformed(kind: str, rng: random.Random, base: dict[str, Any]) -> bytes | N
         ev["event_time"] = "2026-11-26T10:00:00"
     elif kind == "missing_field":
         ev.pop(rng.choice(("order_id", "customer_id", "currency", "amount", "event_time", "event_type")))
+    elif kind == "negative_amount":
+        ev["amount"] = -ev["amount"]
+    elif kind == "unknown_currency":
+        ev["currency"] = "XXX"
     elif kind == "unknown_event_type":
         ev["event_type"] = "order_teleported"
     elif kind == "invalid_utf8":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -111,6 +112,12 @@ def test_fail_rule_stops_before_any_write_and_a_fixed_restart_resumes_exactly(sp
         "    kwargs: {column: amount, min_value: 0, max_value: 1000000}\n    policy: quarantine",
         "    kwargs: {column: amount, min_value: 0, max_value: 1000}\n    policy: fail")
     assert "policy: fail" in strict
+    # An aggregate expectation (no row-level predicate: validated by GX on the batch), warn only.
+    strict += """
+  - type: expect_column_max_to_be_between
+    kwargs: {column: amount, max_value: 100}
+    policy: warn
+"""
     (suites / "silver.yaml").write_text(strict)
     cfg = make_cfg(quality={"expectations_dir": str(suites)})
     events = [event(f"e-{i}", amount="10.00") for i in range(30)] + [event("too-big", amount="5000.00")]
@@ -131,6 +138,9 @@ def test_fail_rule_stops_before_any_write_and_a_fixed_restart_resumes_exactly(sp
     assert sorted(silver) == sorted(f"e-{i}" for i in range(30))
     assert [r.message_id for r in table(spark, cfg, "quarantine").collect()] == ["too-big"]
     assert table(spark, cfg, "bronze").count() == 31
+    agg = table(spark, cfg, "quality").filter(F.col("expectation_type") == "expect_column_max_to_be_between").collect()
+    assert len(agg) == 1 and not agg[0].success and agg[0].policy == "warn"
+    assert "5000" in agg[0].observed_value and agg[0].element_count == 31
     report = verify(spark, cfg)
     assert report.ok, report.table()
 
@@ -163,3 +173,41 @@ def test_replay_and_a_lost_record_give_exactly_one_record_per_batch(spark, make_
     assert fresh.record_abandoned_batches(spark, "run-1", committed=[0]) == []
     assert sorted(tuple(r) for r in q.drop("run_time").collect()) == first
     batch.unpersist()
+
+
+def test_data_docs_show_the_suite_and_a_failing_expectation(spark, make_cfg):
+    from pipelines.quality.project import build_docs
+
+    cfg = make_cfg()
+    send_events(cfg, mixed_events())
+    run_ingest(spark, cfg, available_now=True)
+    index, added = build_docs(spark, cfg)
+    assert added >= 1 and index.is_file()
+    html = index.read_text()
+    assert "silver_events" in html and "Failed" in html  # the batch with unexpected rows
+    pages = list((index.parent / "validations" / "silver_events").rglob("*.html"))
+    assert len(pages) == added
+    failing = [p.read_text() for p in pages if "60000" in p.read_text() or "refund_issued" in p.read_text()]
+    assert failing, "no validation page shows the refund rule"
+    assert build_docs(spark, cfg)[1] == 0  # already in the store: nothing added twice
+
+
+def test_quality_check_fails_on_a_duplicated_message_id_in_silver(spark, make_cfg, capsys, monkeypatch):
+    from pipelines.cli import main
+
+    cfg = make_cfg()
+    send_events(cfg, [event(f"c-{i}") for i in range(20)])
+    run_ingest(spark, cfg, available_now=True)
+    monkeypatch.setenv("PIPELINES__APP__DATA_DIR", cfg.app.data_dir)
+    args = ["quality", "check", "--table", "silver"]
+    assert main(args) == 0, capsys.readouterr().out
+    assert "passed" in capsys.readouterr().out
+
+    # A second copy of one message in silver (what exactly-once must never produce).
+    silver = table(spark, cfg, "silver")
+    silver.filter(F.col("message_id") == "c-3").write.format("delta").mode("append").save(cfg.table_path("silver"))
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out
+    assert re.search(r"FAIL\s+expect_column_values_to_be_unique:message_id\s+2 of 21 unexpected", out), out
+    assert "c-3" in out
