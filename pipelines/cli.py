@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="broker up, produce, ingest (available-now), verify, summary")
     d.add_argument("--events", type=int, help="default: producer.events")
-    d.add_argument("--fresh", action="store_true", help="delete tables, checkpoint, ledger and topic data first")
+    d.add_argument("--fresh", action="store_true",
+                   help="delete tables, checkpoint, ledger, the GX project and topic data first")
 
     ch = sub.add_parser("chaos", help="fault-injection run: kill -9 the job anywhere, restart the broker, verify")
     ch.add_argument("--rounds", type=int, default=5)
@@ -307,6 +308,8 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
         broker.wipe()
         for sub in (paths.TABLES_SUBDIR, paths.CHECKPOINTS_SUBDIR, paths.LEDGER_SUBDIR):
             shutil.rmtree(Path(cfg.data_dir) / sub, ignore_errors=True)
+        if "://" not in cfg.gx_dir:  # the GX project's stored results belong to the deleted tables
+            shutil.rmtree(cfg.gx_dir, ignore_errors=True)
     if broker.is_running():
         print(f"[demo] kafka already running at {broker.bootstrap_servers}")
     else:

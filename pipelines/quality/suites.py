@@ -9,6 +9,7 @@ One file per table::
         policy: quarantine          # quarantine | warn | fail
         severity: critical          # optional: critical | warning | info (GX's own field)
         description: amount within a sane range
+        name: amount_range          # optional; default "<type>:<column>"; in reason codes and records
 
 GX builds each entry into its pydantic expectation class, which rejects unknown kwargs; an
 unknown *type* GX would only fail to look up. The loader fails on both, naming the file, the
@@ -16,7 +17,7 @@ entry (its position and type) and the closest valid name, before anything runs.
 
 ``quarantine`` is to route the failing rows away from silver, so it needs a row-level
 predicate: the loader accepts it only for the types :data:`ROW_LEVEL_TYPES` lists. The ingest
-job does not use these suites yet.
+job checks ``silver.yaml`` on every batch (:mod:`pipelines.quality.batch`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +35,14 @@ from pipelines.errors import ConfigError
 
 POLICIES = ("quarantine", "warn", "fail")
 SEVERITIES = ("critical", "warning", "info")
-ENTRY_KEYS = ("type", "kwargs", "policy", "severity", "description")
+ENTRY_KEYS = ("type", "kwargs", "policy", "severity", "description", "name")
+_NAME = re.compile(r"^[A-Za-z0-9_.:#-]{1,100}$")
 # Fields of GX's expectation models that are not kwargs of an expectation (GX sets them, or
 # they are entry keys here).
 _NOT_KWARGS = frozenset({"id", "meta", "rendered_content", "batch_id", "severity", "description"})
 
-# Expectation types decided row by row: the ones the batch path is to route to quarantine with
-# a Spark predicate in its own pass (the routing is not built yet; today the loader only
-# enforces the rule). Others can only warn or fail.
+# Expectation types decided row by row: the batch path routes their failing rows to quarantine
+# with a Spark predicate (pipelines.quality.rules). Others can only warn or fail.
 ROW_LEVEL_TYPES = frozenset({
     "expect_column_values_to_not_be_null",
     "expect_column_values_to_be_between",
@@ -56,7 +58,7 @@ ROW_LEVEL_TYPES = frozenset({
 class Rule:
     """One expectation of a suite with our policy."""
 
-    name: str  # unique in the suite: "<type>:<column>" (or "<type>#<n>" without a column)
+    name: str  # unique in the suite: the entry's `name`, else "<type>:<column>" ("<type>#<n>" without a column)
     type: str
     kwargs: dict[str, Any]
     policy: str
@@ -105,6 +107,8 @@ def load_suite(path: str | Path) -> Suite:
     for i, entry in enumerate(entries, start=1):
         rule, expectation = _rule(path, i, entry)
         if any(r.name == rule.name for r in rules):
+            if isinstance(entry, dict) and "name" in entry:
+                raise ConfigError(f"{path}: expectations[{i}] ({rule.type}): name {rule.name!r} is used twice")
             rule = dataclasses.replace(rule, name=f"{rule.name}#{i}")
         rules.append(rule)
         expectations.append(expectation)
@@ -147,7 +151,9 @@ def _rule(path: Path, i: int, entry: Any) -> tuple[Rule, Any]:
     description = entry.get("description")
     expectation = _gx_expectation(where, etype, kwargs, severity, description)  # kwargs checked by GX's model
     column = kwargs.get("column")
-    name = f"{etype}:{column}" if column else f"{etype}#{i}"
+    name = entry.get("name") or (f"{etype}:{column}" if column else f"{etype}#{i}")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{where}: 'name' must be 1 to 100 letters, digits or _ . : # -, got {name!r}")
     return Rule(name, etype, dict(kwargs), policy, severity,
                 None if description is None else str(description)), expectation
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 AMOUNT = "EXPECTATION:expect_column_values_to_be_between:amount"
 CURRENCY = "EXPECTATION:expect_column_values_to_be_in_set:currency"
 EVENT_TIME = "EXPECTATION:expect_column_values_to_be_between:event_time"
-REFUND = "expect_column_values_to_be_between:amount#7"
+REFUND = "refund_amount_bound"
 
 
 def event(mid: str, **over) -> dict:
@@ -58,8 +58,8 @@ def mixed_events() -> list[dict]:
         event("both-bad", amount="2000000.00", currency="ABC"),
         event("future", event_time="2031-01-01T00:00:00Z"),
         event("ancient", event_time="1999-12-31T23:59:59Z"),
-        event("big-refund", event_type="refund_issued", amount="60000.00"),  # warn only
-        event("big-order", event_type="order_created", amount="60000.00"),  # the warn rule's condition: no
+        event("big-refund", event_type="refund_issued", amount="96000.00"),  # warn only
+        event("big-order", event_type="order_created", amount="96000.00"),  # the warn rule's condition: no
         event("empty-order", order_id=""),
         {"message_id": "not-contract", "amount": "1.00"},  # fails the event contract, not the suite
     ]
@@ -187,7 +187,7 @@ def test_data_docs_show_the_suite_and_a_failing_expectation(spark, make_cfg):
     assert "silver_events" in html and "Failed" in html  # the batch with unexpected rows
     pages = list((index.parent / "validations" / "silver_events").rglob("*.html"))
     assert len(pages) == added
-    failing = [p.read_text() for p in pages if "60000" in p.read_text() or "refund_issued" in p.read_text()]
+    failing = [p.read_text() for p in pages if "95000" in p.read_text()]
     assert failing, "no validation page shows the refund rule"
     assert build_docs(spark, cfg)[1] == 0  # already in the store: nothing added twice
 

@@ -52,10 +52,11 @@ def test_the_default_suite_reads_as_documented():
     assert not when.fails(row(event_time=dt.datetime(2026, 11, 27, 10, 0, 5, tzinfo=UTC)))
     assert when.fails(row(event_time=dt.datetime(2026, 11, 27, 10, 0, 6, tzinfo=UTC)))
     assert when.fails(row(event_time=dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)))
-    refund = got["expect_column_values_to_be_between:amount#7"]
-    assert refund.rule.policy == "warn"
-    assert refund.fails(row(event_type="refund_issued", amount=Decimal("50000.01")))
-    assert not refund.fails(row(event_type="order_created", amount=Decimal("50000.01")))  # row_condition
+    refund = got["refund_amount_bound"]
+    assert refund.rule.policy == "warn" and refund.code == "EXPECTATION:refund_amount_bound"
+    assert not refund.fails(row(event_type="refund_issued", amount=Decimal("95000.00")))
+    assert refund.fails(row(event_type="refund_issued", amount=Decimal("95000.01")))
+    assert not refund.fails(row(event_type="order_created", amount=Decimal("95000.01")))  # row_condition
 
 
 def test_strict_bounds_sets_regex_and_not_null(tmp_path):

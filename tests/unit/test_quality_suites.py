@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pipelines.errors import ConfigError
@@ -104,3 +106,19 @@ def test_two_rules_on_one_column_get_distinct_names(tmp_path):
     assert [r.name for r in suite.rules] == ["expect_column_values_to_not_be_null:id",
                                              "expect_column_values_to_not_be_null:id#2"]
     assert [e.mostly for e in suite.gx_suite.expectations] == [1.0, 0.9]
+
+
+def test_an_entry_may_name_its_rule_once(tmp_path):
+    suite = load_suite(write(tmp_path, """expectations:
+  - {type: expect_column_values_to_not_be_null, kwargs: {column: id}, policy: fail, name: id_present}
+"""))
+    assert [r.name for r in suite.rules] == ["id_present"]
+    for body, message in (
+        ("  - {type: expect_column_values_to_not_be_null, kwargs: {column: id}, policy: fail, name: a}\n"
+         "  - {type: expect_column_values_to_not_be_null, kwargs: {column: x}, policy: fail, name: a}\n",
+         "expectations[2] (expect_column_values_to_not_be_null): name 'a' is used twice"),
+        ("  - {type: expect_column_values_to_not_be_null, kwargs: {column: id}, policy: fail, name: 'a b'}\n",
+         "'name' must be 1 to 100 letters"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_suite(write(tmp_path, "expectations:\n" + body))
