@@ -76,10 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     qs = q.add_subparsers(dest="quality_command", required=True, metavar="action")
     qd = qs.add_parser("docs", help="store the suites and the newest batch results in the GX project, build Data "
                        "Docs (HTML) under the data folder, print the index path")
-    qd.add_argument("--batches", type=int, default=100,
-                    help="newest batch records to add to GX's store (0: all; default: %(default)s)")
+    qd.add_argument("--batches", type=int, default=0,
+                    help="add only the newest N batch records missing from GX's store (default 0: all of them)")
     qc = qs.add_parser("check", help="validate a whole table with its suite (for silver also: message_id unique); "
-                       "exit 1 on failure")
+                       "exit 1 if a quarantine or fail rule failed (warn rules are reported only)")
     qc.add_argument("--table", required=True, help="bronze, silver, quarantine, audit or quality")
     qc.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -245,13 +245,16 @@ def cmd_quality(cfg: Config, args: argparse.Namespace) -> int:
         print(json.dumps({"table": args.table, "suite": suite, "success": ok,
                           "results": [r.__dict__ for r in results]}, indent=2, default=str))
     else:
-        print(f"quality check of {args.table} (suite {suite}): {'passed' if ok else 'FAILED'}")
+        print(f"quality check of {args.table} (suite {suite}): {'passed' if ok else 'FAILED'} (a failed quarantine "
+              "or fail rule fails the check; warn rules are reported)")
         width = max((len(r.expectation) for r in results), default=10)
         for r in results:
-            detail = (f"{r.unexpected_count} of {r.element_count} unexpected" if r.unexpected_count is not None
+            detail = (f"skipped: {r.skipped}" if r.skipped else
+                      f"{r.unexpected_count} of {r.element_count} unexpected" if r.unexpected_count is not None
                       else f"observed {r.observed_value}")
             sample = f"  e.g. {', '.join(map(str, r.sample[:3]))}" if r.sample and not r.success else ""
-            print(f"  {'ok  ' if r.success else 'FAIL'}  {r.expectation:<{width}}  {detail}{sample}")
+            status = "ok  " if r.success else ("FAIL" if r.blocking else "warn")
+            print(f"  {status}  {r.expectation:<{width}}  {r.policy:<10}  {detail}{sample}")
     return 0 if ok else 1
 
 

@@ -299,7 +299,6 @@ class IngestJob:
                 res.quality = quality.results(stats, parsed)
                 facts["quality"] = [quality.suite.name, [r.as_list() for r in res.quality]]
                 timings["quality"] = _ms(t)
-                quality.check_failures(res.quality, parsed)  # a `fail` rule: stop before any write
             lineage = X.with_lineage(batch_id, app_id, F.lit(now).cast("timestamp"), self.topic_ids)
             coords = _offset_range_predicate(res.offsets)
             meta = writers.batch_metadata(app_id, batch_id, res.offsets, contract=self.contract_id,
@@ -348,6 +347,11 @@ class IngestJob:
                     if found is not None:
                         confirmed[name] = self._confirm_replay(spark, name, app_id, batch_id, res.offsets, found)
                 timings["replay_check"] = _ms(t)
+            if quality is not None and not confirmed:
+                # A `fail` rule stops the batch before any write. Not a batch that some table has
+                # committed already (a crash, then a re-run): it was accepted under the suite it
+                # ran with, and stopping now could only leave it half written.
+                quality.check_failures(res.quality, parsed)
             done = self._write_tables(spark, batch_id, writes, timings)
             self._last_batch[app_id] = max(batch_id, self._last_batch.get(app_id, -1))
             timings["writes"] = _ms(t)
@@ -577,12 +581,13 @@ class IngestJob:
         if commit is not None and commit.offsets == offsets:
             if commit.meta.get("contract", self.contract_id) != self.contract_id:
                 raise ContractChangedError(
-                    f"batch {batch_id} of app id {app_id} was started under another event contract: its "
-                    f"{name} commit (table version {path} v{commit.version}) was written with contract "
-                    f"{commit.meta.get('contract')}, this run has {self.contract_id}. Finishing it under the "
-                    "new contract could put a record in quarantine (first run) and in silver (this run).",
-                    hint="start once more with the previous events: config (and tables) to finish the batch, "
-                         "stop, then change the contract and run migrate",
+                    f"batch {batch_id} of app id {app_id} was started under another event contract or other "
+                    f"quarantine rules: its {name} commit (table version {path} v{commit.version}) was written "
+                    f"with contract {commit.meta.get('contract')}, this run has {self.contract_id}. Finishing it "
+                    "under the new rules could put a record in quarantine (first run) and in silver (this run).",
+                    hint="start once more with the previous events: config and quarantine rules of the silver "
+                         "expectation suite (quality.expectations_dir) to finish the batch, stop, then change them "
+                         "(and run migrate if the contract changed)",
                 )
             return commit
         if commit is None and not writers.batch_commits(spark, path, f'"app_id":{json.dumps(app_id)},'):
@@ -641,6 +646,9 @@ class IngestJob:
             got = {name: c[(app_id, batch_id)] for name, c in commits.items() if (app_id, batch_id) in c}
             first = next(iter(got.values()))
             meta = first.meta
+            # The quality record from the newest of these commits (the run that finished the batch).
+            quality_meta = next((c.meta["quality"] for c in sorted(got.values(), key=lambda c: -c.version)
+                                 if "quality" in c.meta), None)
             silver = got[SILVER].inserted() if SILVER in got else 0
             dups = int(meta.get("duplicates_in_batch", 0))
             res = BatchResult(batch_id=batch_id, app_id=app_id, offsets=first.offsets,
@@ -653,8 +661,8 @@ class IngestJob:
                                                    if SILVER in got and "duplicates_in_batch" in meta else 0),
                               timings_ms={})
             label = "audit row recovered from commits" if app_id == current_app_id else "abandoned batch, recovered"
-            if "quality" in meta:  # the batch's quality record, rebuilt from the same commits
-                suite, results = meta["quality"]
+            if quality_meta is not None:  # the batch's quality record, rebuilt from the same commits
+                suite, results = quality_meta
                 res.quality = [RuleResult.from_list(r) for r in results]
                 self._quality_rows[(app_id, batch_id)] = quality_rows(app_id, batch_id, suite, res.quality, now)
             self._write_audit(spark, res, now, query_name=f"{self.query_name} ({label})",
@@ -689,8 +697,10 @@ class IngestJob:
         keys = [(str(r[0]), int(r[2])) for r in rows]
         pending = [q for k in keys for q in self._quality_rows.get(k, [])]
         if pending:  # the batches' quality records first: a crash in between leaves no audit row
-            _insert_keyed(spark, pending, S.QUALITY_SCHEMA, self.tables.quality, (S.APP_ID, S.BATCH_ID, "suite",
-                                                                                  "expectation"))
+            # Keyed on (app id, batch id, suite): a batch's record goes in whole or not at all, so
+            # a re-run under an edited suite cannot add rules to the first run's record.
+            _insert_keyed(spark, pending, S.QUALITY_SCHEMA, self.tables.quality, (S.APP_ID, S.BATCH_ID, "suite"),
+                          unique=(S.APP_ID, S.BATCH_ID, "suite", "expectation"))
         _insert_keyed(spark, rows, S.AUDIT_SCHEMA, self.tables.audit, (S.APP_ID, S.BATCH_ID))
         for k in keys:
             self._quality_rows.pop(k, None)
@@ -708,17 +718,18 @@ replay``; ``session`` is the write's own session (it runs concurrently with the 
 
 
 def _insert_keyed(spark: SparkSession, rows: list[tuple[Any, ...]], schema: Any, path: str,
-                  key: tuple[str, ...]) -> None:
+                  key: tuple[str, ...], unique: tuple[str, ...] | None = None) -> None:
     """Insert ``rows`` (tuples in ``schema`` order) into the table at ``path``, keyed on ``key``.
 
-    A row whose key is already there is left as it is; the key starts with app id and batch id,
+    Rows whose key is already in the table are left out, all of them; of rows equal on
+    ``unique`` (default: ``key``) the first is kept. The key starts with app id and batch id,
     which also restrict the target files read.
     """
     names = schema.fieldNames()
     app, batch = names.index(S.APP_ID), names.index(S.BATCH_ID)
     first: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for r in rows:  # an insert-only MERGE inserts every copy of a new key: one row per key
-        first.setdefault(tuple(r[names.index(k)] for k in key), r)
+    for r in rows:  # an insert-only MERGE inserts every source row of a new key
+        first.setdefault(tuple(r[names.index(k)] for k in unique or key), r)
     apps = ", ".join(sorted({_sql_str(r[app]) for r in rows}))
     ids = [int(r[batch]) for r in rows]
     writers.merge_insert_if_absent(

@@ -30,11 +30,12 @@ from pyspark.sql import functions as F
 from pipelines.config import Config
 from pipelines.domain import schema as S
 from pipelines.domain.schema import EventSpec
-from pipelines.errors import PipelineError
+from pipelines.errors import ConfigError, PipelineError
 from pipelines.quality.rules import REASON_PREFIX, RowCheck, kwargs_json, row_checks, rule_expectation
-from pipelines.quality.suites import Rule, Suite
+from pipelines.quality.suites import Rule, Suite, _closest
 
 CONTRACT_OK = "_q_contract_ok"
+RULE_META = "pipelines_rule"
 _EVALUATED = "_q_evaluated"
 SAMPLE_IDS = 5
 
@@ -43,8 +44,12 @@ def _flag(i: int) -> str:
     return f"_q_fail_{i}"
 
 
-def _sum(i: int) -> str:
-    return f"_q_unexpected_{i}"
+def _sum(i: int, what: str = "unexpected") -> str:
+    return f"_q_{what}_{i}"
+
+
+# Pipeline columns a silver row gets at write time: not there when the rules run.
+_LINEAGE = {S.KAFKA_TOPIC_ID, S.BATCH_ID, S.APP_ID, S.INGESTED_AT}
 
 
 class QualityFailedError(PipelineError):
@@ -77,6 +82,18 @@ class RuleResult:
         return cls(*values)
 
 
+def _raised(info: Any) -> str | None:
+    """The exception message in a GX result's ``exception_info`` (flat, or per metric), if one was raised."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return str(value.get("exception_message"))
+    return None
+
+
 def quality_rows(app_id: str, batch_id: int, suite: str, results: list[RuleResult],
                  run_time: dt.datetime) -> list[tuple[Any, ...]]:
     """The quality table's rows of one batch (see ``schema.QUALITY_SCHEMA``)."""
@@ -85,29 +102,35 @@ def quality_rows(app_id: str, batch_id: int, suite: str, results: list[RuleResul
             for r in results]
 
 
-def _success(rule: Rule, unexpected: int, elements: int) -> bool:
-    """GX's rule: success when the share of expected values is at least ``mostly`` (default 1)."""
-    if elements == 0 or unexpected == 0:
+def _success(rule: Rule, unexpected: int, nonnull: int) -> bool:
+    """GX's rule: success when the share of expected among the non-null values is at least ``mostly``."""
+    if nonnull == 0 or unexpected == 0:
         return True
     mostly = float(rule.kwargs.get("mostly", 1.0))
-    return (elements - unexpected) / elements >= mostly
+    return (nonnull - unexpected) / nonnull >= mostly
 
 
 class BatchQuality:
     """The silver suite prepared for the batch path (see the module docstring)."""
 
     def __init__(self, suite: Suite, spec: EventSpec) -> None:
-        types = {f.name: f.dataType for f in S.silver_schema(spec).fields}
+        types = {f.name: f.dataType for f in S.silver_schema(spec).fields if f.name not in _LINEAGE}
         self.suite = suite
         self.checks: list[RowCheck] = row_checks(suite, types)
         self.aggregates: list[Rule] = [r for r in suite.rules if not r.row_level]
+        for rule in self.aggregates:
+            for key in ("column", "column_A", "column_B"):
+                column = rule.kwargs.get(key)
+                if column is not None and column not in types:
+                    raise ConfigError(f"{suite.source}: {rule.name}: {key} {column!r} is not a column of the "
+                                      f"{suite.table} table{_closest(str(column), types)}")
         self._quarantine = [(i, c) for i, c in enumerate(self.checks) if c.rule.policy == "quarantine"]
         self._gx: Any = None
 
     @property
     def fingerprint(self) -> str:
         """What decides routing (the quarantine rules): part of the job's contract id."""
-        return json.dumps([[c.rule.name, c.rule.kwargs] for _, c in self._quarantine], sort_keys=True, default=str)
+        return json.dumps(sorted(c.routing_key() for _, c in self._quarantine), default=str)
 
     def route(self, df: DataFrame) -> DataFrame:
         """Add the rule flags and route rows that fail a ``quarantine`` rule (one projection)."""
@@ -130,20 +153,32 @@ class BatchQuality:
 
     def sums(self) -> list[Column]:
         """Aggregates for the batch's stats pass: rows evaluated, and each rule's unexpected count."""
-        return [F.sum(F.col(CONTRACT_OK).cast("long")).alias(_EVALUATED),
-                *[F.sum(F.col(_flag(i)).cast("long")).alias(_sum(i)) for i in range(len(self.checks))]]
+        ok = F.col(CONTRACT_OK)
+        per_rule = [col for i, c in enumerate(self.checks) for col in (
+            F.sum(F.col(_flag(i)).cast("long")).alias(_sum(i)),
+            F.sum((ok & c.spark_domain()).cast("long")).alias(_sum(i, "domain")),
+            F.sum((ok & c.spark_nonnull()).cast("long")).alias(_sum(i, "nonnull")))]
+        return [F.sum(ok.cast("long")).alias(_EVALUATED), *per_rule]
 
     def results(self, stats: list[Row], evaluated_df: DataFrame) -> list[RuleResult]:
         """Every rule's result from the stats rows (row-level) and from GX (aggregates)."""
-        evaluated = sum(int(r[_EVALUATED] or 0) for r in stats)
+        def total(name: str) -> int:
+            return sum(int(r[name] or 0) for r in stats)
+
+        evaluated = total(_EVALUATED)
         out = []
         for i, c in enumerate(self.checks):
-            unexpected = sum(int(r[_sum(i)] or 0) for r in stats)
+            # As GX counts: element_count = rows in the domain; the percent and `mostly` are over
+            # its non-null values (NULL is not evaluated, except by not_be_null).
+            unexpected, domain, nonnull = total(_sum(i)), total(_sum(i, "domain")), total(_sum(i, "nonnull"))
             out.append(RuleResult(c.rule.name, c.rule.type, kwargs_json(c.rule), c.rule.policy, c.rule.severity,
-                                  _success(c.rule, unexpected, evaluated), evaluated, unexpected,
-                                  100.0 * unexpected / evaluated if evaluated else 0.0, None))
+                                  _success(c.rule, unexpected, nonnull), domain, unexpected,
+                                  100.0 * unexpected / nonnull if nonnull else 0.0, None))
         if self.aggregates and evaluated:
             out += self._validate_aggregates(evaluated_df.filter(F.col(CONTRACT_OK)), evaluated)
+        elif self.aggregates:  # no row passed the contract: nothing to aggregate, recorded as such
+            out += [RuleResult(r.name, r.type, kwargs_json(r), r.policy, r.severity, True, 0, None, None, None)
+                    for r in self.aggregates]
         return out
 
     def check_failures(self, results: list[RuleResult], df: DataFrame) -> None:
@@ -163,9 +198,9 @@ class BatchQuality:
         raise QualityFailedError(
             f"the batch failed expectation(s) of suite {self.suite.name} ({self.suite.source}) whose policy is "
             "'fail'; nothing of this batch was written to any table:\n" + "\n".join(lines),
-            hint="fix the data at its source, or change the rule (policy quarantine or warn, or its bounds) in "
-                 f"{self.suite.source}; then start again: the batch is re-run from the checkpoint, nothing lost or "
-                 "doubled",
+            hint=f"the records are in Kafka as they are: change the rule in {self.suite.source} (policy quarantine "
+                 "sends the failing rows to quarantine, warn lets them through, or correct its bounds), then start "
+                 "again: the batch is re-run from the checkpoint, nothing lost or doubled",
         )
 
     # ---- aggregate expectations, by Great Expectations -------------------------------------------
@@ -181,13 +216,23 @@ class BatchQuality:
             # persist=False: GX would cache every batch's DataFrame and never release it (the rows
             # are cached by the job already, for the batch's duration).
             asset = ctx.data_sources.add_spark("batch", persist=False).add_dataframe_asset("silver_batch")
-            suite = gx.ExpectationSuite(name=f"{self.suite.name}_aggregates",
-                                        expectations=[rule_expectation(self.suite, r) for r in self.aggregates])
+            # Each expectation carries its rule's name: GX does not keep the suite's order in results.
+            suite = gx.ExpectationSuite(name=f"{self.suite.name}_aggregates", expectations=[
+                rule_expectation(self.suite, r).copy(update={"meta": {RULE_META: r.name}}) for r in self.aggregates])
             self._gx = (asset.add_batch_definition_whole_dataframe("batch"), suite)
         definition, suite = self._gx
         validation = definition.get_batch(batch_parameters={"dataframe": df}).validate(suite, result_format="BASIC")
+        by_name = {(r.expectation_config.meta or {}).get(RULE_META): r for r in validation.results}
         out = []
-        for rule, r in zip(self.aggregates, validation.results, strict=True):
+        for rule in self.aggregates:
+            r = by_name.get(rule.name)
+            error = "no result" if r is None else _raised(r.exception_info)
+            if r is None or error is not None:
+                # A failure to compute is not a failed expectation: fail the batch (re-run on restart).
+                raise PipelineError(
+                    f"Great Expectations could not evaluate {rule.name} of suite {self.suite.name} "
+                    f"({self.suite.source}): {error}",
+                    hint="fix the expectation's kwargs (or the cause shown), then start again: the batch is re-run")
             result = r.result or {}
             observed = result.get("observed_value")
             unexpected = result.get("unexpected_count")

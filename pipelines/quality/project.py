@@ -22,7 +22,7 @@ from pipelines.config import Config
 from pipelines.domain import schema as S
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.io.tables import ALL_TABLES, SILVER
-from pipelines.quality.suites import Suite, load_suites
+from pipelines.quality.suites import load_suites
 
 DOCS_INDEX = "gx/uncommitted/data_docs/local_site/index.html"
 _UNIQUE_ID = "expect_column_values_to_be_unique"
@@ -60,10 +60,11 @@ def _safe(text: str) -> str:
     return text.replace("/", "_").replace("\\", "_")
 
 
-def sync_results(spark: SparkSession, cfg: Config, ctx: Any, *, batches: int | None = 100) -> int:
-    """Copy the newest ``batches`` batch records of the quality table into GX's validation store.
+def sync_results(spark: SparkSession, cfg: Config, ctx: Any, *, batches: int | None = None) -> int:
+    """Copy the quality table's batch records that GX's validation store lacks into it.
 
-    Keyed by suite and (app id, batch id): a record already there is not written again.
+    With ``batches``, only the newest that many of them. Keyed by suite and (app id, batch id): a
+    record already there is not written again.
 
     Returns:
         How many validation results were added.
@@ -83,8 +84,8 @@ def sync_results(spark: SparkSession, cfg: Config, ctx: Any, *, batches: int | N
     if not DeltaTable.isDeltaTable(spark, path):
         return 0
     q = spark.read.format("delta").load(path)
-    keys = q.select(S.APP_ID, S.BATCH_ID, "suite", "run_time").distinct().orderBy(F.col("run_time").desc(),
-                                                                                   F.col(S.BATCH_ID).desc())
+    keys = (q.groupBy(S.APP_ID, S.BATCH_ID, "suite").agg(F.max("run_time").alias("run_time"))
+            .orderBy(F.col("run_time").desc(), F.col(S.BATCH_ID).desc()))
     wanted = keys.limit(batches).collect() if batches else keys.collect()
     store = ctx.validation_results_store
     stored = {(k.expectation_suite_identifier.name, k.run_id.run_name) for k in store.list_keys()}
@@ -98,7 +99,7 @@ def sync_results(spark: SparkSession, cfg: Config, ctx: Any, *, batches: int | N
         rows.setdefault((r[S.APP_ID], r[S.BATCH_ID], r["suite"]), []).append(r)
     for (app_id, batch_id, suite), results in rows.items():
         run_name = _safe(f"{app_id}.batch-{batch_id}")
-        run_time = results[0]["run_time"].replace(tzinfo=dt.UTC)
+        run_time = max(r["run_time"] for r in results).replace(tzinfo=dt.UTC)
         run_id = RunIdentifier(run_name=run_name, run_time=run_time)
         evrs = []
         for r in results:
@@ -127,8 +128,8 @@ def sync_results(spark: SparkSession, cfg: Config, ctx: Any, *, batches: int | N
     return len(rows)
 
 
-def build_docs(spark: SparkSession, cfg: Config, *, batches: int | None = 100) -> tuple[Path, int]:
-    """Store the suites and the newest batch records in the GX project, then build Data Docs.
+def build_docs(spark: SparkSession, cfg: Config, *, batches: int | None = None) -> tuple[Path, int]:
+    """Store the suites and the batch records not stored yet in the GX project, then build Data Docs.
 
     Returns:
         The Data Docs index page, and how many batch records were added to the store.
@@ -147,53 +148,61 @@ class CheckResult:
     """One expectation's result in a whole-table check."""
 
     expectation: str
+    policy: str
     success: bool
     element_count: int | None
     unexpected_count: int | None
     observed_value: Any
     sample: list[Any]
+    skipped: str | None = None  # why GX did not run it
+
+    @property
+    def blocking(self) -> bool:
+        """A failure that fails the check: a quarantine or fail rule (warn rules are reported only)."""
+        return not self.success and self.skipped is None and self.policy != "warn"
 
 
-def table_suite(cfg: Config, table: str) -> Any:
-    """The GX suite a whole-table check of ``table`` runs: its suite file, plus, for silver, unique message IDs."""
+UNIQUE_IDS = "message_id_unique"
+
+
+def table_suite(cfg: Config, table: str) -> tuple[Any, list[CheckResult]]:
+    """The GX suite a whole-table check of ``table`` runs, and the rules it leaves out.
+
+    Its suite file's expectations, each tagged with its rule's name and policy; for silver also
+    ``message_id`` unique (the exactly-once invariant, policy fail). A bound relative to now()
+    means each record's Kafka timestamp, which GX cannot read per row: such rules are left out
+    (they were checked on every record at ingest).
+    """
     import great_expectations as gx
 
-    suites: dict[str, Suite] = load_suites(cfg.expectations_dir)
-    found = suites.get(table)
-    name = found.name if found is not None else table
-    now = dt.datetime.now(dt.UTC)
-    expectations = ([_resolve_now(e, now, f"{found.source}: expectations[{i}]")
-                     for i, e in enumerate(found.gx_suite.expectations, start=1)] if found is not None else [])
-    if table == SILVER and not any(e.expectation_type == _UNIQUE_ID and getattr(e, "column", None) == S.MESSAGE_ID
-                                   for e in expectations):
-        # The pipeline's own invariant: one row per message.
-        expectations.append(gx.expectations.ExpectColumnValuesToBeUnique(
-            column=S.MESSAGE_ID, description="exactly once: one silver row per message_id"))
-    return gx.ExpectationSuite(name=f"{name}_table_check", expectations=expectations)
-
-
-def _resolve_now(expectation: Any, now: dt.datetime, where: str) -> Any:
-    """A copy of ``expectation`` whose ``now() +/- timedelta(...)`` bounds are fixed at ``now``.
-
-    In the batch path now() is each record's Kafka timestamp; a whole table has no single one, so
-    the check uses the wall clock (a looser bound: every record arrived before it). GX would
-    compare its own naive now() with a zoned bound and fail.
-    """
+    from pipelines.quality.batch import RULE_META
     from pipelines.quality.rules import parameter
 
-    update = {}
-    for key in ("min_value", "max_value"):
-        rel = parameter(where, getattr(expectation, key, None))
-        if rel is not None:
-            update[key] = now + rel.delta
-    return expectation.copy(update=update) if update else expectation.copy()
+    found = load_suites(cfg.expectations_dir).get(table)
+    expectations, skipped = [], []
+    pairs = zip(found.rules, found.gx_suite.expectations, strict=True) if found is not None else iter(())
+    source = found.source if found is not None else ""
+    for rule, e in pairs:
+        if any(parameter(f"{source}: {rule.name}", getattr(e, k, None)) is not None
+               for k in ("min_value", "max_value")):
+            skipped.append(CheckResult(rule.name, rule.policy, True, None, None, None, [],
+                                       skipped="bound relative to each record's Kafka timestamp (checked at ingest)"))
+            continue
+        expectations.append(e.copy(update={"meta": {RULE_META: rule.name, "policy": rule.policy}}))
+    if table == SILVER and not any(e.expectation_type == _UNIQUE_ID and getattr(e, "column", None) == S.MESSAGE_ID
+                                   for e in expectations):
+        expectations.append(gx.expectations.ExpectColumnValuesToBeUnique(
+            column=S.MESSAGE_ID, description="exactly once: one silver row per message_id",
+            meta={RULE_META: UNIQUE_IDS, "policy": "fail"}))
+    name = found.name if found is not None else table
+    return gx.ExpectationSuite(name=f"{name}_table_check", expectations=expectations), skipped
 
 
 def check_table(spark: SparkSession, cfg: Config, table: str) -> tuple[bool, list[CheckResult], str]:
     """Validate the whole ``table`` with its suite (GX on Spark); the result is also stored in the GX project.
 
     Returns:
-        (success, one result per expectation, the suite's name).
+        (passed: no quarantine or fail rule failed, one result per expectation, the suite's name).
 
     Raises:
         PipelineError: unknown table, or the table does not exist yet.
@@ -202,13 +211,16 @@ def check_table(spark: SparkSession, cfg: Config, table: str) -> tuple[bool, lis
     import great_expectations as gx
     from delta.tables import DeltaTable
 
+    from pipelines.quality.batch import RULE_META
+
     if table not in ALL_TABLES:
         raise PipelineError(f"unknown table {table!r}", hint=f"one of {', '.join(ALL_TABLES)}")
     path = cfg.table_path(table)
     if not DeltaTable.isDeltaTable(spark, path):
         raise PipelineError(f"the {table} table does not exist yet at {path}", hint="run ingest first")
     ctx = context(cfg)
-    suite = _store_suite(ctx, table_suite(cfg, table))
+    gx_suite, skipped = table_suite(cfg, table)
+    suite = _store_suite(ctx, gx_suite)
     try:
         source = ctx.data_sources.get("tables")
     except Exception:  # KeyError (or GX's own) when absent
@@ -235,9 +247,9 @@ def check_table(spark: SparkSession, cfg: Config, table: str) -> tuple[bool, lis
     out = []
     for r in result.results:
         res = r.result or {}
-        cfg_ = r.expectation_config
-        column = cfg_.kwargs.get("column")
-        out.append(CheckResult(f"{cfg_.type}:{column}" if column else cfg_.type, bool(r.success),
-                               res.get("element_count"), res.get("unexpected_count"), res.get("observed_value"),
-                               list(res.get("partial_unexpected_list") or [])[:5]))
-    return bool(result.success), out, suite.name
+        meta = r.expectation_config.meta or {}
+        out.append(CheckResult(str(meta.get(RULE_META, r.expectation_config.type)), str(meta.get("policy", "fail")),
+                               bool(r.success), res.get("element_count"), res.get("unexpected_count"),
+                               res.get("observed_value"), list(res.get("partial_unexpected_list") or [])[:5]))
+    out += skipped
+    return not any(r.blocking for r in out), out, suite.name

@@ -13,8 +13,8 @@ source of truth) and follow Great Expectations' semantics for these types:
 A bound may be a GX suite parameter ``{"$PARAMETER": "now() + timedelta(days=1)"}``. In the
 pipeline, ``now()`` is the record's Kafka timestamp, not the wall clock: a batch re-run after a
 crash, days later, must route every record exactly as the first run did (a record must never land
-in quarantine in one run and in silver in the other). ``quality check`` on a whole table uses the
-same reading.
+in quarantine in one run and in silver in the other). A whole-table ``quality check`` (GX itself)
+leaves such rules out.
 
 The Python side exists so that ``verify`` judges the Spark routing with an independent
 implementation; both are kept side by side here so that they stay the same rules.
@@ -95,8 +95,14 @@ def _aware(v: dt.datetime) -> dt.datetime:
 def _typed(where: str, value: Any, dtype: T.DataType) -> Any:
     """A constant of the rule converted to the column's type (Decimal for decimals: exact)."""
     try:
+        if isinstance(value, bool) and not isinstance(dtype, T.BooleanType):
+            raise TypeError("a boolean")
         if isinstance(dtype, T.DecimalType):
-            return Decimal(str(value))
+            d = Decimal(str(value))
+            if not d.is_finite():
+                raise ValueError("not a finite number")
+            # 1E+6 would be a literal of negative scale, which Spark refuses: write its digits out
+            return d.quantize(Decimal(1)) if d.as_tuple().exponent > 0 else d  # type: ignore[operator]
         if isinstance(dtype, T.TimestampType):
             if isinstance(value, dt.datetime):
                 return _aware(value)
@@ -104,14 +110,22 @@ def _typed(where: str, value: Any, dtype: T.DataType) -> Any:
                 return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
             return _aware(dt.datetime.fromisoformat(str(value)))
         if isinstance(dtype, T.DateType):
+            if isinstance(value, dt.datetime):
+                raise TypeError("a timestamp, not a date")
             return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
         if isinstance(dtype, T.LongType | T.IntegerType):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("not a whole number")
             return int(value)
         if isinstance(dtype, T.DoubleType):
             return float(value)
         if isinstance(dtype, T.BooleanType):
-            return bool(value)
-        return str(value)
+            if not isinstance(value, bool):
+                raise TypeError("write true or false")
+            return value
+        if not isinstance(value, str):  # YAML reads NO, 1.0, 2020-01-01 as other types
+            raise TypeError(f"a {type(value).__name__}: quote it to mean text")
+        return value
     except (ValueError, TypeError, InvalidOperation) as e:
         raise ConfigError(f"{where}: {value!r} is not a {dtype.simpleString()} value: {e}") from e
 
@@ -260,6 +274,20 @@ class RowCheck:
             bad = _cond_spark(self.condition) & bad
         return F.coalesce(bad, F.lit(False))
 
+    def routing_key(self) -> list[Any]:
+        """What decides which rows this rule fails (for the contract fingerprint)."""
+        return [self.kind, self.column, _text(self.lo) if self.lo is not None else None,
+                _text(self.hi) if self.hi is not None else None, self.strict_min, self.strict_max,
+                sorted(map(_text, self.values)), self.regex, repr(self.condition)]
+
+    def spark_domain(self) -> Column:
+        """The rows GX evaluates this rule on: those its ``row_condition`` selects (all without one)."""
+        return _cond_spark(self.condition) if self.condition is not None else F.lit(True)
+
+    def spark_nonnull(self) -> Column:
+        """The rows GX's percentages and ``mostly`` count: the domain's non-null values (``not_be_null``: all)."""
+        return self.spark_domain() if self.kind == "null" else self.spark_domain() & F.col(self.column).isNotNull()
+
     def spark_message(self) -> Column:
         """Why a failing row failed, for quarantine's reason_message."""
         about = f"{self.rule.name}{': ' + self.rule.description if self.rule.description else ''}"
@@ -285,7 +313,9 @@ class RowCheck:
             return self.hi is not None and (hi is None or not (x < hi if self.strict_max else x <= hi))
         if self.kind in ("in", "not_in"):
             return (_norm(v) in self.values) != (self.kind == "in")
-        return (re.search(self.regex, str(v)) is not None) != (self.kind == "regex")
+        # Java's syntax (Spark's rlike) read by Python's re in ASCII mode: the same for the common
+        # subset (classes, anchors ^ and \A, quantifiers, groups); see README, Data quality.
+        return (re.search(self.regex, v, re.ASCII) is not None) != (self.kind == "regex")
 
 
 def row_checks(suite: Suite, types: Mapping[str, T.DataType]) -> list[RowCheck]:
@@ -319,6 +349,9 @@ def _row_check(suite: Suite, rule: Rule, types: Mapping[str, T.DataType]) -> Row
                           hint=f"columns: {', '.join(sorted(types))}")
     dtype = types[name]
     kind = _KINDS[rule.type]
+    if kind in ("length", "regex", "not_regex") and not isinstance(dtype, T.StringType):
+        raise ConfigError(f"{where}: {rule.type} applies to text; {name} is {dtype.simpleString()}",
+                          hint="use expect_column_values_to_be_between or _in_set for other types")
     fields: dict[str, Any] = {}
     if kind in ("range", "length"):
         bounds: dict[str, Any] = {}
@@ -351,7 +384,7 @@ def _row_check(suite: Suite, rule: Rule, types: Mapping[str, T.DataType]) -> Row
         if not isinstance(regex, str):
             raise ConfigError(f"{where}: regex must be a string")
         try:
-            re.compile(regex)
+            re.compile(regex, re.ASCII)
         except re.error as e:
             raise ConfigError(f"{where}: regex {regex!r} does not compile: {e}") from e
         fields = {"regex": regex, "says": f"does {'not ' if kind == 'regex' else ''}match {regex}"}

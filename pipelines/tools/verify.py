@@ -154,15 +154,17 @@ def reference_decoding(topic: DataFrame, spec: EventSpec, topic_ids: dict[str, s
             value = None if r.value is None else bytes(r.value)
             headers = [(h["key"], None if h["value"] is None else bytes(h["value"])) for h in (r.headers or [])]
             d = decoder.decode(value, None if r.key is None else bytes(r.key), headers)
-            codes = list(d.reason_codes)
-            if routing and not codes:
-                ts = None if r.ts_micros is None else _EPOCH + dt.timedelta(microseconds=r.ts_micros)
-                row = {**d.values, S.MESSAGE_ID: d.message_id, S.EVENT_DATE: d.event_date, S.KAFKA_TIMESTAMP: ts}
-                codes = sorted({c.code for c in routing if c.fails(row)})
             try:
                 payload = value.decode("utf-8") if value is not None else None
             except UnicodeDecodeError:
                 payload = None
+            codes = list(d.reason_codes)
+            if routing and not codes:
+                ts = None if r.ts_micros is None else _EPOCH + dt.timedelta(microseconds=r.ts_micros)
+                row = {**d.values, S.MESSAGE_ID: d.message_id, S.EVENT_DATE: d.event_date, S.KAFKA_TIMESTAMP: ts,
+                       S.PAYLOAD: payload, S.KAFKA_TOPIC: r.topic, S.KAFKA_PARTITION: r.partition,
+                       S.KAFKA_OFFSET: r.offset}
+                codes = sorted({c.code for c in routing if c.fails(row)})
             yield (r.topic, topic_ids.get(r.topic), r.partition, r.offset, d.message_id, codes, payload,
                    *[utc(d.values[n]) for n in data_fields], d.event_date, not codes)
 

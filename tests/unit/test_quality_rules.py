@@ -7,6 +7,7 @@ verify compares the job's routing with this reading record by record.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 
 import pytest
@@ -100,3 +101,49 @@ def test_a_rule_the_batch_path_cannot_evaluate_fails_at_load_naming_file_and_rul
         checks(tmp_path, f"  - {entry}\n")
     text = str(err.value)
     assert message in text and str(tmp_path / "silver.yaml") in text
+
+
+def test_regex_and_length_rules_need_text_and_constants_are_read_strictly(tmp_path):
+    for body, message in (
+        ("  - {type: expect_column_values_to_match_regex, policy: quarantine, kwargs: {column: amount, regex: x}}\n",
+         "expect_column_values_to_match_regex applies to text; amount is decimal(18,2)"),
+        ("  - {type: expect_column_values_to_be_in_set, policy: quarantine, kwargs: {column: currency, "
+         "value_set: [EUR, NO]}}\n", "False is not a string value"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            checks(tmp_path, body)
+    big, = checks(tmp_path, "  - {type: expect_column_values_to_be_between, policy: quarantine, "
+                            "kwargs: {column: amount, max_value: 1e6}}\n")
+    assert big.hi == Decimal("1000000") and big.hi.as_tuple().exponent == 0  # no negative-scale literal
+
+
+def _spec():
+    from pipelines.config import load_config
+    from pipelines.domain.schema import EventSpec
+
+    return EventSpec.from_config(load_config(REPO_ROOT / "conf" / "local.yaml", environ={}).events)
+
+
+def test_the_routing_fingerprint_follows_what_decides_routing(tmp_path):
+    from pipelines.quality.batch import BatchQuality
+
+    def fingerprint(kind, policy, description, values):
+        path = tmp_path / "silver.yaml"
+        path.write_text(f"expectations:\n  - {{type: expect_column_values_to_{kind}, policy: {policy}, name: cur,"
+                        f" description: {description}, kwargs: {{column: currency, value_set: [{values}]}}}}\n")
+        return BatchQuality(load_suite(path), _spec()).fingerprint
+
+    base = fingerprint("be_in_set", "quarantine", "a", "EUR, USD")
+    assert fingerprint("be_in_set", "quarantine", "b", "USD, EUR") == base  # wording, order: same routing
+    assert fingerprint("be_in_set", "warn", "a", "EUR, USD") != base  # no longer routes
+    assert fingerprint("not_be_in_set", "quarantine", "a", "EUR, USD") != base  # same name and kwargs, other type
+
+
+def test_an_aggregate_rule_on_an_unknown_column_fails_at_load(tmp_path):
+    from pipelines.quality.batch import BatchQuality
+
+    path = tmp_path / "silver.yaml"
+    path.write_text("expectations:\n  - {type: expect_column_max_to_be_between, policy: fail,"
+                    " kwargs: {column: amout, max_value: 5}}\n")
+    with pytest.raises(ConfigError, match=r"'amout' is not a column of the silver table \(did you mean 'amount'"):
+        BatchQuality(load_suite(path), _spec())
