@@ -74,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quality", help="data-quality contracts: Data Docs, whole-table checks")
     qs = q.add_subparsers(dest="quality_command", required=True, metavar="action")
-    qd = qs.add_parser("docs", help="store the suites and the newest batch results in the GX project, build Data "
-                       "Docs (HTML) under the data folder, print the index path")
+    qd = qs.add_parser("docs", help="store the suites and the batch records not stored yet in the GX project, "
+                       "build Data Docs (HTML) under the data folder, print the index path")
     qd.add_argument("--batches", type=int, default=0,
                     help="add only the newest N batch records missing from GX's store (default 0: all of them)")
     qc = qs.add_parser("check", help="validate a whole table with its suite (for silver also: message_id unique); "
