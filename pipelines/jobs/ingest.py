@@ -139,6 +139,8 @@ class IngestJob:
         audit_interval_s: In a streaming query, the audit rows are written in the background,
             several batches per commit, at most this often (see :meth:`flush`).
         quality: The silver expectation suite prepared for the batch path (None: no suite).
+        gx_dir: The GX project each batch's quality record is also stored in, in the background
+            (None: only the quality table; ``quality docs`` copies records into GX later).
 
     """
 
@@ -157,6 +159,7 @@ class IngestJob:
         prewarm_snapshots: bool = True,
         audit_interval_s: float = AUDIT_INTERVAL_S,
         quality: BatchQuality | None = None,
+        gx_dir: str | None = None,
     ) -> None:
         if app_id is None and checkpoint is None:
             raise ValueError("IngestJob needs an app_id or a checkpoint to derive it from")
@@ -175,6 +178,9 @@ class IngestJob:
         self.results: list[BatchResult] = []
         self.silver_writer = silver_writer or merge_silver
         self.quality = quality
+        self.gx_dir = gx_dir
+        self._gx_store: Any = None  # pipelines.quality.project.RecordStore, built on first use
+        self._gx_lock = threading.Lock()  # GX is not thread-safe: one user of the store at a time
         #: A fingerprint of the event contract and the quarantine rules of the silver suite,
         #: recorded with every commit: a batch re-run under another contract is refused (it could
         #: route a record differently the second time).
@@ -213,7 +219,8 @@ class IngestJob:
                    query_name=cfg.ingest.query_name, checkpoint=cfg.checkpoint_path, app_id=app_id,
                    out=out if cfg.ingest.progress else None, silver_merge_scope=cfg.ingest.silver_merge_scope,
                    slack_days=cfg.ingest.silver_merge_slack_days, silver_writer=silver_writer,
-                   quality=batch_quality(cfg, spec))
+                   quality=(quality := batch_quality(cfg, spec)),
+                   gx_dir=cfg.gx_dir if quality is not None and "://" not in cfg.gx_dir else None)
 
     def app_id(self, spark: SparkSession) -> str:
         """``<query_name>-<query id>``: changes when the checkpoint is reset, as batch ids restart at 0."""
@@ -701,9 +708,31 @@ class IngestJob:
             # a re-run under an edited suite cannot add rules to the first run's record.
             _insert_keyed(spark, pending, S.QUALITY_SCHEMA, self.tables.quality, (S.APP_ID, S.BATCH_ID, "suite"),
                           unique=(S.APP_ID, S.BATCH_ID, "suite", "expectation"))
+            self._store_in_gx(pending)
         _insert_keyed(spark, rows, S.AUDIT_SCHEMA, self.tables.audit, (S.APP_ID, S.BATCH_ID))
         for k in keys:
             self._quality_rows.pop(k, None)
+
+    def _store_in_gx(self, rows: list[tuple[Any, ...]]) -> None:
+        """Store the batches' quality records in the GX project too (once per batch and suite).
+
+        Best effort: the quality table holds the record already, and ``quality docs`` copies any
+        record missing from GX's store; a failure here is reported, not raised.
+        """
+        if self.gx_dir is None:
+            return
+        try:
+            with self._gx_lock:
+                if self._gx_store is None:
+                    from pipelines.quality.project import RecordStore
+
+                    self._gx_store = RecordStore(self.gx_dir)
+                names = S.QUALITY_SCHEMA.fieldNames()
+                self._gx_store.add([dict(zip(names, r, strict=True)) for r in rows])
+        except Exception as e:  # noqa: BLE001 - reported; `quality docs` repairs it
+            print(f"[quality] the batch records could not be stored in the GX project at {self.gx_dir} "
+                  f"({type(e).__name__}: {e}); `python -m pipelines quality docs` stores them later",
+                  file=sys.stderr, flush=True)
 
     def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime,
                      query_name: str | None = None, versions: dict[str, int] | None = None) -> None:

@@ -1,9 +1,9 @@
 """The Great Expectations project of a deployment: its stores, Data Docs, and whole-table checks.
 
-It lives in ``<app.data_dir>/<quality.gx_dir>`` (a file context). The streaming job never touches
-it (GX is not thread-safe, and the batch path must stay cheap): each batch's record goes to the
-quality Delta table, and :func:`build_docs` copies the records not yet in GX's validation store
-into it, as GX validation results, before building Data Docs. :func:`check_table` validates a
+It lives in ``<app.data_dir>/<quality.gx_dir>`` (a file context). Each batch's record goes to the
+quality Delta table and then, from the job's background writer, to GX's validation store
+(:class:`RecordStore`, once per batch and suite); :func:`build_docs` copies any record still
+missing from the store, then builds Data Docs. :func:`check_table` validates a
 whole table with GX itself, and stores that result too.
 """
 
@@ -29,11 +29,15 @@ _UNIQUE_ID = "expect_column_values_to_be_unique"
 
 
 def context(cfg: Config) -> Any:
-    """The deployment's GX file context (created on first use), with the configured suites in it."""
+    """The deployment's GX file context (``quality.gx_dir``, created on first use)."""
+    return context_at(cfg.gx_dir)
+
+
+def context_at(root: str) -> Any:
+    """The GX file context at ``root`` (created on first use)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    root = cfg.gx_dir
     if "://" in root and not root.startswith("file:"):
         raise ConfigError(f"quality.gx_dir resolves to {root}: the GX project must be a local folder",
                           hint="set quality.gx_dir to an absolute local path")
@@ -60,25 +64,90 @@ def _safe(text: str) -> str:
     return text.replace("/", "_").replace("\\", "_")
 
 
-def sync_results(spark: SparkSession, cfg: Config, ctx: Any, *, batches: int | None = None) -> int:
+class RecordStore:
+    """GX's validation store of the project at ``root``: a batch's quality record, stored once.
+
+    Keyed by suite and run name (``<app id>.batch-<batch id>``): a record already there is not
+    stored again, whatever its run time (GX's own key includes it, so a re-run would otherwise
+    add a second result for the batch). Not thread-safe, like GX: one user at a time.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.ctx = context_at(root)
+        store = self.ctx.validation_results_store
+        self.known = {(k.expectation_suite_identifier.name, k.run_id.run_name) for k in store.list_keys()}
+
+    @staticmethod
+    def run_name(app_id: str, batch_id: int) -> str:
+        """The GX run name of a batch."""
+        return _safe(f"{app_id}.batch-{batch_id}")
+
+    def has(self, app_id: str, batch_id: int, suite: str) -> bool:
+        """The batch's record of ``suite`` is stored."""
+        return (suite, self.run_name(app_id, batch_id)) in self.known
+
+    def add(self, rows: list[dict[str, Any]]) -> int:
+        """Store the records in ``rows`` (quality-table rows as dicts) not stored yet; returns how many."""
+        from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+        from great_expectations.core.run_identifier import RunIdentifier
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+            ValidationResultIdentifier,
+        )
+        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+        from great_expectations.expectations.metadata_types import FailureSeverity
+
+        records: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+        for r in rows:
+            records.setdefault((r[S.APP_ID], int(r[S.BATCH_ID]), r["suite"]), []).append(r)
+        added = 0
+        for (app_id, batch_id, suite), results in records.items():
+            if self.has(app_id, batch_id, suite):
+                continue
+            run_name = self.run_name(app_id, batch_id)
+            run_time = max(r["run_time"] for r in results).replace(tzinfo=dt.UTC)
+            run_id = RunIdentifier(run_name=run_name, run_time=run_time)
+            evrs = []
+            for r in sorted(results, key=lambda r: str(r["expectation"])):
+                result: dict[str, Any] = {"element_count": r["element_count"]}
+                if r["unexpected_count"] is not None:
+                    result.update(unexpected_count=r["unexpected_count"],
+                                  unexpected_percent=r["unexpected_percent"], missing_count=0)
+                if r["observed_value"] is not None:
+                    result["observed_value"] = json.loads(r["observed_value"])
+                config = ExpectationConfiguration(type=r["expectation_type"], kwargs=json.loads(r["kwargs"]),
+                                                  meta={"policy": r["policy"], "rule": r["expectation"]},
+                                                  severity=FailureSeverity(r["severity"] or "critical"))
+                evrs.append(ExpectationValidationResult(success=r["success"], expectation_config=config,
+                                                        result=result))
+            ok = sum(1 for e in evrs if e.success)
+            validation = ExpectationSuiteValidationResult(
+                success=ok == len(evrs), suite_name=suite, results=evrs,
+                statistics={"evaluated_expectations": len(evrs), "successful_expectations": ok,
+                            "unsuccessful_expectations": len(evrs) - ok,
+                            "success_percent": 100.0 * ok / len(evrs) if evrs else 100.0},
+                meta={"run_id": run_id, "batch_spec": {"data_asset_name": f"{SILVER} (ingest batch {batch_id})"},
+                      "app_id": app_id, "batch_id": batch_id},
+            )
+            key = ValidationResultIdentifier(expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite),
+                                             run_id=run_id, batch_identifier=_safe(f"{app_id}-{batch_id}"))
+            self.ctx.validation_results_store.set(key, validation)
+            self.known.add((suite, run_name))
+            added += 1
+        return added
+
+
+def sync_results(spark: SparkSession, cfg: Config, store: RecordStore, *, batches: int | None = None) -> int:
     """Copy the quality table's batch records that GX's validation store lacks into it.
 
-    With ``batches``, only the newest that many of them. Keyed by suite and (app id, batch id): a
-    record already there is not written again.
+    With ``batches``, only the newest that many of them. The stream stores each batch's record
+    itself (after writing it to the table); this fills in any it could not.
 
     Returns:
         How many validation results were added.
 
     """
     from delta.tables import DeltaTable
-    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.resource_identifiers import (
-        ExpectationSuiteIdentifier,
-        ValidationResultIdentifier,
-    )
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-    from great_expectations.expectations.metadata_types import FailureSeverity
 
     path = cfg.table_path("quality")
     if not DeltaTable.isDeltaTable(spark, path):
@@ -87,45 +156,12 @@ def sync_results(spark: SparkSession, cfg: Config, ctx: Any, *, batches: int | N
     keys = (q.groupBy(S.APP_ID, S.BATCH_ID, "suite").agg(F.max("run_time").alias("run_time"))
             .orderBy(F.col("run_time").desc(), F.col(S.BATCH_ID).desc()))
     wanted = keys.limit(batches).collect() if batches else keys.collect()
-    store = ctx.validation_results_store
-    stored = {(k.expectation_suite_identifier.name, k.run_id.run_name) for k in store.list_keys()}
-    todo = [k for k in wanted if (k["suite"], _safe(f"{k[S.APP_ID]}.batch-{k[S.BATCH_ID]}")) not in stored]
+    todo = [k for k in wanted if not store.has(k[S.APP_ID], k[S.BATCH_ID], k["suite"])]
     if not todo:
         return 0
     pairs = spark.createDataFrame([(k[S.APP_ID], k[S.BATCH_ID], k["suite"]) for k in todo],
                                   f"{S.APP_ID} string, {S.BATCH_ID} long, suite string")
-    rows: dict[tuple[str, int, str], list[Any]] = {}
-    for r in q.join(pairs, [S.APP_ID, S.BATCH_ID, "suite"]).orderBy("expectation").collect():
-        rows.setdefault((r[S.APP_ID], r[S.BATCH_ID], r["suite"]), []).append(r)
-    for (app_id, batch_id, suite), results in rows.items():
-        run_name = _safe(f"{app_id}.batch-{batch_id}")
-        run_time = max(r["run_time"] for r in results).replace(tzinfo=dt.UTC)
-        run_id = RunIdentifier(run_name=run_name, run_time=run_time)
-        evrs = []
-        for r in results:
-            result: dict[str, Any] = {"element_count": r["element_count"]}
-            if r["unexpected_count"] is not None:
-                result.update(unexpected_count=r["unexpected_count"], unexpected_percent=r["unexpected_percent"],
-                              missing_count=0)
-            if r["observed_value"] is not None:
-                result["observed_value"] = json.loads(r["observed_value"])
-            config = ExpectationConfiguration(type=r["expectation_type"], kwargs=json.loads(r["kwargs"]),
-                                              meta={"policy": r["policy"], "rule": r["expectation"]},
-                                              severity=FailureSeverity(r["severity"] or "critical"))
-            evrs.append(ExpectationValidationResult(success=r["success"], expectation_config=config, result=result))
-        ok = sum(1 for e in evrs if e.success)
-        validation = ExpectationSuiteValidationResult(
-            success=ok == len(evrs), suite_name=suite, results=evrs,
-            statistics={"evaluated_expectations": len(evrs), "successful_expectations": ok,
-                        "unsuccessful_expectations": len(evrs) - ok,
-                        "success_percent": 100.0 * ok / len(evrs) if evrs else 100.0},
-            meta={"run_id": run_id, "batch_spec": {"data_asset_name": f"{SILVER} (ingest batch {batch_id})"},
-                  "app_id": app_id, "batch_id": batch_id},
-        )
-        key = ValidationResultIdentifier(expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite),
-                                         run_id=run_id, batch_identifier=_safe(f"{app_id}-{batch_id}"))
-        ctx.validation_results_store.set(key, validation)
-    return len(rows)
+    return store.add([r.asDict() for r in q.join(pairs, [S.APP_ID, S.BATCH_ID, "suite"]).collect()])
 
 
 def build_docs(spark: SparkSession, cfg: Config, *, batches: int | None = None) -> tuple[Path, int]:
@@ -135,11 +171,11 @@ def build_docs(spark: SparkSession, cfg: Config, *, batches: int | None = None) 
         The Data Docs index page, and how many batch records were added to the store.
 
     """
-    ctx = context(cfg)
+    store = RecordStore(cfg.gx_dir)
     for suite in load_suites(cfg.expectations_dir).values():
-        _store_suite(ctx, suite.gx_suite)
-    added = sync_results(spark, cfg, ctx, batches=batches)
-    ctx.build_data_docs()
+        _store_suite(store.ctx, suite.gx_suite)
+    added = sync_results(spark, cfg, store, batches=batches)
+    store.ctx.build_data_docs()
     return Path(cfg.gx_dir.removeprefix("file:")) / DOCS_INDEX, added
 
 
