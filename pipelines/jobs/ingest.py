@@ -184,7 +184,8 @@ class IngestJob:
         #: A fingerprint of the event contract and the quarantine rules of the silver suite,
         #: recorded with every commit: a batch re-run under another contract is refused (it could
         #: route a record differently the second time).
-        routing = repr(spec) + (quality.fingerprint if quality is not None and quality.fingerprint != "[]" else "")
+        rules = quality.fingerprint if quality is not None else "[]"
+        routing = repr(spec) + (rules if rules != "[]" else "")  # no quarantine rules: the contract's id as before
         self.contract_id = hashlib.sha256(routing.encode()).hexdigest()[:16]
         #: Kafka topic name -> topic id, recorded on every row (set by :func:`start_ingest`).
         self.topic_ids: dict[str, str] = {}

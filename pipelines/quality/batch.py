@@ -32,7 +32,7 @@ from pipelines.domain import schema as S
 from pipelines.domain.schema import EventSpec
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.quality.rules import REASON_PREFIX, RowCheck, kwargs_json, row_checks, rule_expectation
-from pipelines.quality.suites import Rule, Suite, _closest
+from pipelines.quality.suites import Rule, Suite, closest
 
 CONTRACT_OK = "_q_contract_ok"
 RULE_META = "pipelines_rule"
@@ -49,7 +49,7 @@ def _sum(i: int, what: str = "unexpected") -> str:
 
 
 # Pipeline columns a silver row gets at write time: not there when the rules run.
-_LINEAGE = {S.KAFKA_TOPIC_ID, S.BATCH_ID, S.APP_ID, S.INGESTED_AT}
+_LINEAGE = {f.name for f in S.LINEAGE_FIELDS} | {S.KAFKA_TOPIC_ID}
 
 
 class QualityFailedError(PipelineError):
@@ -123,9 +123,10 @@ class BatchQuality:
                 column = rule.kwargs.get(key)
                 if column is not None and column not in types:
                     raise ConfigError(f"{suite.source}: {rule.name}: {key} {column!r} is not a column of the "
-                                      f"{suite.table} table{_closest(str(column), types)}")
+                                      f"{suite.table} table{closest(str(column), types)}")
         self._quarantine = [(i, c) for i, c in enumerate(self.checks) if c.rule.policy == "quarantine"]
         self._gx: Any = None
+        self._built: dict[int, tuple[list[Column], dict[str, Column], list[Column]]] = {}
 
     @property
     def fingerprint(self) -> str:
@@ -133,32 +134,46 @@ class BatchQuality:
         return json.dumps(sorted(c.routing_key() for _, c in self._quarantine), default=str)
 
     def route(self, df: DataFrame) -> DataFrame:
-        """Add the rule flags and route rows that fail a ``quarantine`` rule (one projection)."""
-        contract_ok = F.size(S.REASON_CODES) == 0
-        flags = [(contract_ok & c.spark_fails()).alias(_flag(i)) for i, c in enumerate(self.checks)]
-        extra = [contract_ok.alias(CONTRACT_OK), *flags]
-        if not self._quarantine:
-            return df.select("*", *extra)
-        failed = [(contract_ok & c.spark_fails(), c) for _, c in self._quarantine]
-        codes = F.array_compact(F.array(*[F.when(f, F.lit(c.code)) for f, c in failed]))
-        hit = F.size(codes) > 0
-        routed = {
-            S.REASON_CODES: F.when(hit, codes).otherwise(F.col(S.REASON_CODES)),
-            S.REASON: F.when(hit, F.lit(REASON_PREFIX)).otherwise(F.col(S.REASON)),
-            S.REASON_MESSAGE: F.when(hit, F.concat_ws("; ", *[F.when(f, c.spark_message()) for f, c in failed]))
-            .otherwise(F.col(S.REASON_MESSAGE)),
-        }
-        kept = [F.col(c) for c in df.columns if c not in routed]
-        return df.select(*kept, *[v.alias(k) for k, v in routed.items()], *extra)
+        """Add the rule flags and route rows that fail a ``quarantine`` rule (projections Spark collapses)."""
+        flags, routed, _ = self._columns()
+        df = df.select("*", *flags)  # the flags read the contract's reason codes, before routing
+        return df.withColumns(routed) if routed else df
 
     def sums(self) -> list[Column]:
         """Aggregates for the batch's stats pass: rows evaluated, and each rule's unexpected count."""
+        return self._columns()[2]
+
+    def _columns(self) -> tuple[list[Column], dict[str, Column], list[Column]]:
+        """The flags, the routed reason columns and the sums, built once per SparkContext.
+
+        Like ``parse_records``: building them is hundreds of Py4J calls, not to be paid per batch.
+        """
+        from pyspark import SparkContext
+
+        key = id(SparkContext._active_spark_context)
+        built = self._built.get(key)
+        if built is not None:
+            return built
+        contract_ok = F.size(S.REASON_CODES) == 0
+        flags = [contract_ok.alias(CONTRACT_OK),
+                 *[(contract_ok & c.spark_fails()).alias(_flag(i)) for i, c in enumerate(self.checks)]]
+        routed: dict[str, Column] = {}
+        if self._quarantine:
+            codes = F.array_compact(F.array(*[F.when(F.col(_flag(i)), F.lit(c.code)) for i, c in self._quarantine]))
+            hit = F.size(codes) > 0
+            messages = F.concat_ws("; ", *[F.when(F.col(_flag(i)), c.spark_message()) for i, c in self._quarantine])
+            routed = {
+                S.REASON_CODES: F.when(hit, codes).otherwise(F.col(S.REASON_CODES)),
+                S.REASON: F.when(hit, F.lit(REASON_PREFIX)).otherwise(F.col(S.REASON)),
+                S.REASON_MESSAGE: F.when(hit, messages).otherwise(F.col(S.REASON_MESSAGE)),
+            }
         ok = F.col(CONTRACT_OK)
         per_rule = [col for i, c in enumerate(self.checks) for col in (
             F.sum(F.col(_flag(i)).cast("long")).alias(_sum(i)),
             F.sum((ok & c.spark_domain()).cast("long")).alias(_sum(i, "domain")),
             F.sum((ok & c.spark_nonnull()).cast("long")).alias(_sum(i, "nonnull")))]
-        return [F.sum(ok.cast("long")).alias(_EVALUATED), *per_rule]
+        built = self._built[key] = (flags, routed, [F.sum(ok.cast("long")).alias(_EVALUATED), *per_rule])
+        return built
 
     def results(self, stats: list[Row], evaluated_df: DataFrame) -> list[RuleResult]:
         """Every rule's result from the stats rows (row-level) and from GX (aggregates)."""
@@ -209,17 +224,13 @@ class BatchQuality:
         import great_expectations as gx
 
         if self._gx is None:  # one context per query (GX is not thread-safe): never shared
-            from great_expectations.data_context.types.base import ProgressBarsConfig
+            from pipelines.quality.project import context_at, dataframe_definition
 
-            ctx = gx.get_context(mode="ephemeral")
-            ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-            # persist=False: GX would cache every batch's DataFrame and never release it (the rows
-            # are cached by the job already, for the batch's duration).
-            asset = ctx.data_sources.add_spark("batch", persist=False).add_dataframe_asset("silver_batch")
+            ctx = context_at(None)
             # Each expectation carries its rule's name: GX does not keep the suite's order in results.
             suite = gx.ExpectationSuite(name=f"{self.suite.name}_aggregates", expectations=[
                 rule_expectation(self.suite, r).copy(update={"meta": {RULE_META: r.name}}) for r in self.aggregates])
-            self._gx = (asset.add_batch_definition_whole_dataframe("batch"), suite)
+            self._gx = (dataframe_definition(ctx, "batch", "silver_batch", "batch"), suite)
         definition, suite = self._gx
         validation = definition.get_batch(batch_parameters={"dataframe": df}).validate(suite, result_format="BASIC")
         by_name = {(r.expectation_config.meta or {}).get(RULE_META): r for r in validation.results}

@@ -22,6 +22,7 @@ from pipelines.config import Config
 from pipelines.domain import schema as S
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.io.tables import ALL_TABLES, SILVER
+from pipelines.quality.batch import RULE_META
 from pipelines.quality.suites import load_suites
 
 DOCS_INDEX = "gx/uncommitted/data_docs/local_site/index.html"
@@ -33,18 +34,42 @@ def context(cfg: Config) -> Any:
     return context_at(cfg.gx_dir)
 
 
-def context_at(root: str) -> Any:
-    """The GX file context at ``root`` (created on first use)."""
+def context_at(root: str | None) -> Any:
+    """The GX file context at ``root`` (created on first use); None: an ephemeral one. No progress bars."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    if "://" in root and not root.startswith("file:"):
-        raise ConfigError(f"quality.gx_dir resolves to {root}: the GX project must be a local folder",
-                          hint="set quality.gx_dir to an absolute local path")
-    Path(root.removeprefix("file:")).mkdir(parents=True, exist_ok=True)
-    ctx = gx.get_context(mode="file", project_root_dir=root.removeprefix("file:"))
+    ctx: Any
+    if root is None:
+        ctx = gx.get_context(mode="ephemeral")
+    else:
+        if "://" in root and not root.startswith("file:"):
+            raise ConfigError(f"quality.gx_dir resolves to {root}: the GX project must be a local folder",
+                              hint="set quality.gx_dir to an absolute local path")
+        Path(root.removeprefix("file:")).mkdir(parents=True, exist_ok=True)
+        ctx = gx.get_context(mode="file", project_root_dir=root.removeprefix("file:"))
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     return ctx
+
+
+def dataframe_definition(ctx: Any, source: str, asset: str, name: str) -> Any:
+    """The whole-DataFrame batch definition ``source/asset/name`` of ``ctx``, added if absent.
+
+    The Spark data source does not cache: GX would persist every DataFrame it validates and never
+    release it (callers cache what they reuse, and release it).
+    """
+    try:
+        spark_source = ctx.data_sources.get(source)
+    except Exception:  # KeyError (or GX's own) when absent
+        spark_source = ctx.data_sources.add_spark(source, persist=False)
+    try:
+        data_asset = spark_source.get_asset(asset)
+    except Exception:
+        data_asset = spark_source.add_dataframe_asset(asset)
+    try:
+        return data_asset.get_batch_definition(name)
+    except Exception:
+        return data_asset.add_batch_definition_whole_dataframe(name)
 
 
 def _store_suite(ctx: Any, suite: Any) -> Any:
@@ -211,7 +236,6 @@ def table_suite(cfg: Config, table: str) -> tuple[Any, list[CheckResult]]:
     """
     import great_expectations as gx
 
-    from pipelines.quality.batch import RULE_META
     from pipelines.quality.rules import parameter
 
     found = load_suites(cfg.expectations_dir).get(table)
@@ -247,8 +271,6 @@ def check_table(spark: SparkSession, cfg: Config, table: str) -> tuple[bool, lis
     import great_expectations as gx
     from delta.tables import DeltaTable
 
-    from pipelines.quality.batch import RULE_META
-
     if table not in ALL_TABLES:
         raise PipelineError(f"unknown table {table!r}", hint=f"one of {', '.join(ALL_TABLES)}")
     path = cfg.table_path(table)
@@ -257,18 +279,7 @@ def check_table(spark: SparkSession, cfg: Config, table: str) -> tuple[bool, lis
     ctx = context(cfg)
     gx_suite, skipped = table_suite(cfg, table)
     suite = _store_suite(ctx, gx_suite)
-    try:
-        source = ctx.data_sources.get("tables")
-    except Exception:  # KeyError (or GX's own) when absent
-        source = ctx.data_sources.add_spark("tables", persist=False)  # cached below, and released
-    try:
-        asset = source.get_asset(table)
-    except Exception:
-        asset = source.add_dataframe_asset(table)
-    try:
-        definition = asset.get_batch_definition("whole table")
-    except Exception:
-        definition = asset.add_batch_definition_whole_dataframe("whole table")
+    definition = dataframe_definition(ctx, "tables", table, "whole table")
     name = f"check {table}"
     try:
         ctx.validation_definitions.delete(name)

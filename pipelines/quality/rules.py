@@ -271,7 +271,7 @@ class RowCheck:
             found = col.cast("string").rlike(self.regex)
             bad = col.isNotNull() & (~found if self.kind == "regex" else found)
         if self.condition is not None:
-            bad = _cond_spark(self.condition) & bad
+            bad = self.spark_domain() & bad
         return F.coalesce(bad, F.lit(False))
 
     def routing_key(self) -> list[Any]:

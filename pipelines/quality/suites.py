@@ -96,7 +96,7 @@ def load_suite(path: str | Path) -> Suite:
     data = read_yaml_mapping(path, "a mapping with 'expectations'")
     unknown = sorted(set(data) - {"suite", "expectations"})
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}{_closest(unknown[0], ['suite', 'expectations'])}")
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}{closest(unknown[0], ['suite', 'expectations'])}")
     entries = data.get("expectations") or []
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: 'expectations' must be a list of entries")
@@ -126,7 +126,7 @@ def _rule(path: Path, i: int, entry: Any) -> tuple[Rule, Any]:
         raise ConfigError(f"{where}: expected a mapping with 'type', 'kwargs' and 'policy'")
     for key in entry:
         if key not in ENTRY_KEYS:
-            raise ConfigError(f"{where}: unknown key {key!r}{_closest(str(key), ENTRY_KEYS)}")
+            raise ConfigError(f"{where}: unknown key {key!r}{closest(str(key), ENTRY_KEYS)}")
     etype = entry.get("type")
     if not isinstance(etype, str) or not etype:
         raise ConfigError(f"{where}: 'type' is missing (a GX expectation type,"
@@ -134,7 +134,7 @@ def _rule(path: Path, i: int, entry: Any) -> tuple[Rule, Any]:
     where = f"{where} ({etype})"
     known = _registered_types()
     if etype not in known:
-        raise ConfigError(f"{where}: unknown expectation type{_closest(etype, known)}")
+        raise ConfigError(f"{where}: unknown expectation type{closest(etype, known)}")
     kwargs = entry.get("kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{where}: 'kwargs' must be a mapping")
@@ -168,7 +168,7 @@ def _gx_expectation(where: str, etype: str, kwargs: dict[str, Any], severity: st
         if key in ("severity", "description"):
             raise ConfigError(f"{where}: {key!r} belongs to the entry, next to 'policy', not in 'kwargs'")
         if key not in fields:
-            raise ConfigError(f"{where}: unknown kwarg {key!r}{_closest(str(key), fields)}")
+            raise ConfigError(f"{where}: unknown kwarg {key!r}{closest(str(key), fields)}")
     ours: dict[str, Any] = {k: v for k, v in (("severity", severity), ("description", description)) if v is not None}
     try:
         return cls(**kwargs, **ours)
@@ -184,7 +184,8 @@ def _registered_types() -> list[str]:
     return sorted(list_registered_expectation_implementations())
 
 
-def _closest(name: str, options: Any) -> str:
+def closest(name: str, options: Any) -> str:
+    """`` (did you mean 'x'?)`` for the option closest to ``name``, or an empty string."""
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
