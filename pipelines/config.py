@@ -181,6 +181,63 @@ class QualityConfig:
 
 
 @dataclass(frozen=True)
+class GoldAggregate:
+    """One column of a gold table: an aggregate over silver rows, or an expression over earlier ones."""
+
+    name: str
+    #: sum | count | min | max over silver rows (``where`` selects them), or expr (``expr`` over
+    #: the table's other aggregates and the exprs declared before it, e.g. ``captured - refunded``).
+    fn: Literal["sum", "count", "min", "max", "expr"]
+    #: The silver column (sum, min, max; count counts rows).
+    column: str = ""
+    #: A Spark SQL condition on silver columns: only these rows count (default: all).
+    where: str = ""
+    #: Spark SQL over this table's aggregates (fn: expr).
+    expr: str = ""
+    #: Result type, e.g. decimal(22,2) or long (default: sum decimal(38,s), count long, min/max the
+    #: column's type). Never float or double: gold must add up exactly.
+    type: str = ""
+
+
+@dataclass(frozen=True)
+class GoldWindow:
+    """A tumbling event-time window: rows are grouped by the window their ``column`` falls in."""
+
+    column: str
+    #: A Spark interval, e.g. "1 minute", "1 hour", "1 day".
+    size: str
+
+
+@dataclass(frozen=True)
+class GoldTable:
+    """One gold table: silver rows grouped by ``group_by`` (and an event-time window), aggregated."""
+
+    name: str
+    group_by: tuple[str, ...] = ()
+    window: GoldWindow | None = None
+    aggregates: tuple[GoldAggregate, ...] = ()
+    #: Relative to ``<data_dir>/tables`` unless absolute or a URI (default: gold/<name>).
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class GoldConfig:
+    """The gold job: aggregates kept equal to a recomputation from silver (silver's change feed)."""
+
+    #: Name of the streaming query; its checkpoint is ``checkpoint``.
+    query_name: str = "gold"
+    #: Relative to ``<data_dir>/checkpoints`` unless absolute or a URI.
+    checkpoint: str = "gold"
+    trigger: Literal["processingTime", "availableNow"] = "processingTime"
+    trigger_interval: str = "5 seconds"
+    #: Silver files per gold batch (Delta's ``maxFilesPerTrigger``; bounds the first batch of a new
+    #: checkpoint, which reads all of silver).
+    max_files_per_trigger: int = 1000
+    progress: bool = True
+    tables: tuple[GoldTable, ...] = ()
+
+
+@dataclass(frozen=True)
 class ProducerConfig:
     """Defaults of ``produce``, the seeded demo/load generator."""
 
@@ -211,6 +268,7 @@ class Config:
     tables: TablesConfig = field(default_factory=TablesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    gold: GoldConfig = field(default_factory=GoldConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     #: The files this config was read from, for messages.
     sources: tuple[str, ...] = ()
@@ -257,6 +315,15 @@ class Config:
     def checkpoint_path(self) -> str:
         """The ingest query's checkpoint location."""
         return self.under_data_dir(paths.CHECKPOINTS_SUBDIR, self.ingest.checkpoint)
+
+    @property
+    def gold_checkpoint_path(self) -> str:
+        """The gold query's checkpoint location."""
+        return self.under_data_dir(paths.CHECKPOINTS_SUBDIR, self.gold.checkpoint)
+
+    def gold_table_path(self, table: GoldTable) -> str:
+        """Location of a gold table."""
+        return self.under_data_dir(paths.TABLES_SUBDIR, table.path or f"gold/{table.name}")
 
     def kafka_options(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
         """``kafka.options`` with ``${env:NAME}`` references replaced from the environment."""
