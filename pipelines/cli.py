@@ -5,7 +5,8 @@ Commands:
     kafka         up | down | status of the embedded local broker (127.0.0.1 only)
     produce       send a seeded demo stream with duplicates and malformed records
     ingest        run the exactly-once ingest job (streaming, or --available-now)
-    verify        reconcile the topic with the tables; exit 1 on any discrepancy
+    gold          keep the gold aggregates exact (streaming, or --available-now); gold rebuild [--table T]
+    verify        reconcile the topic with the tables, and gold with silver; exit 1 on any discrepancy
     quality       docs: build Great Expectations Data Docs; check --table T: validate a whole table
     migrate       evolve existing tables to a changed event contract (safe changes only)
     rebind        accept a new Kafka source (another cluster, a recreated topic) deliberately
@@ -68,7 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--available-now", action="store_true", help="catch up with Kafka, then exit")
     ing.add_argument("--max-offsets", type=int, help="override kafka.max_offsets_per_trigger")
 
-    v = sub.add_parser("verify", help="reconcile the topic with bronze/quarantine/silver")
+    g = sub.add_parser("gold", help="the gold aggregates: keep them equal to a recomputation from silver "
+                       "(streaming from silver's change feed, or --available-now), or rebuild them")
+    g.add_argument("action", nargs="?", choices=["rebuild"],
+                   help="rebuild: recompute gold tables from silver and replace each in one commit "
+                   "(stop the gold job first)")
+    g.add_argument("--available-now", action="store_true", help="catch up with silver, then exit")
+    g.add_argument("--table", action="append", help="with rebuild: only this table (repeatable; default: all)")
+    g.add_argument("--show", type=int, default=0, metavar="N", help="after catching up, print N rows of each table")
+
+    v = sub.add_parser("verify", help="reconcile the topic with bronze/quarantine/silver, and gold with silver")
     v.add_argument("--ledger", action="store_true", help="also check the producer ledgers of the topic")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -90,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("rebind", help="accept a new Kafka source deliberately (another cluster, or a recreated topic): "
                    "move the checkpoint aside and record the new ids in the tables (stop the job first)")
 
-    d = sub.add_parser("demo", help="broker up, produce, ingest (available-now), verify, summary")
+    d = sub.add_parser("demo", help="broker up, produce, ingest and gold (available-now), verify, summary")
     d.add_argument("--events", type=int, help="default: producer.events")
     d.add_argument("--fresh", action="store_true",
                    help="delete tables, checkpoint, ledger, the GX project and topic data first")
@@ -108,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                     "e.g. fault:after_silver_commit,kill,broker-kill")
     ch.add_argument("--ingest-command", help="run this command instead of `python -m pipelines ingest` (it gets "
                     "--conf FILE [--available-now]); tests use it to prove the harness catches a broken job")
+    ch.add_argument("--no-gold", action="store_true", help="do not run the gold job beside ingest")
     ch.add_argument("--result-file", help="also write the result table (markdown) here")
 
     sub.add_parser("spark-args", help="print spark-submit arguments equivalent to the session factory")
@@ -207,6 +218,44 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
                          install_signal_handlers=True)
     print(json.dumps(summary.as_dict(), indent=2))
     return 0
+
+
+def cmd_gold(cfg: Config, args: argparse.Namespace) -> int:
+    """``gold`` and ``gold rebuild``."""
+    from pipelines.jobs.gold import rebuild, run_gold
+    from pipelines.session import build_session
+
+    spark = build_session(cfg)
+    if args.action == "rebuild":
+        for r in rebuild(spark, cfg, args.table):
+            print(f"gold rebuild: {r.table}: {r.rows} rows, from silver version {r.silver_version}")
+        return 0
+    if args.table:
+        raise PipelineError("--table goes with `gold rebuild`; the gold job keeps every declared table")
+    summary = run_gold(spark, cfg, available_now=True if args.available_now else None,
+                       install_signal_handlers=True)
+    print(json.dumps(summary.as_dict(), indent=2))
+    if args.show:
+        _show_gold(spark, cfg, args.show)
+    return 0
+
+
+def _show_gold(spark: Any, cfg: Config, n: int) -> None:
+    from pipelines.jobs.gold import select_specs
+
+    for spec in select_specs(spark, cfg):
+        df = spark.read.format("delta").load(spec.path)
+        order = [f"{k} DESC" if k == "window_start" else k for k in spec.keys]
+        print(f"gold {spec.name} ({df.count()} rows), first {n} by {', '.join(order)}:")
+        df.orderBy(*[spark_col(o) for o in order]).show(n, truncate=False)
+
+
+def spark_col(order: str) -> Any:
+    """A sort column from ``name`` or ``name DESC``."""
+    from pyspark.sql import functions as F
+
+    name, _, direction = order.partition(" ")
+    return F.col(name).desc() if direction == "DESC" else F.col(name)
 
 
 def _verify(cfg: Config, spark: Any, ledger: bool) -> Any:
@@ -333,6 +382,15 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     summary = run_ingest(spark, cfg, available_now=True, install_signal_handlers=True)
     print(f"[demo] ingested {summary.rows_read} records in {summary.batches} batches, {summary.seconds:.1f}s",
           flush=True)
+    gold = None
+    if cfg.gold.tables:
+        from pipelines.jobs.gold import run_gold
+
+        print("[demo] updating the gold aggregates from silver's change feed (available-now) ...", flush=True)
+        gold = run_gold(spark, cfg, available_now=True, install_signal_handlers=True)
+        print(f"[demo] gold: {gold.tables_built} tables built from silver, then {gold.changes} silver changes, "
+              f"{gold.groups_recomputed} groups recomputed (+{gold.inserted} ~{gold.updated}) in "
+              f"{gold.seconds:.1f}s", flush=True)
     print("[demo] verifying (topic from earliest vs tables, plus the producer ledger) ...", flush=True)
     report = _verify(cfg, spark, True)
     docs = None
@@ -349,6 +407,8 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     print("ingested this run:  " + ", ".join(
         f"{k}={getattr(summary, k)}" for k in ("batches", "rows_read", "silver_inserted", "quarantined",
                                                "duplicates_in_batch", "duplicates_in_table")))
+    if gold is not None:
+        _show_gold(spark, cfg, 5)
     print(report.table())
     print(f"tables: {Path(cfg.data_dir) / paths.TABLES_SUBDIR}  checkpoint: {cfg.checkpoint_path}")
     if docs is not None:
@@ -381,7 +441,7 @@ def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
                            round_seconds=_seconds_range(args.round_seconds),
                            checkpoint_reset=not args.no_checkpoint_reset, work_dir=work,
                            ingest_command=shlex.split(args.ingest_command) if args.ingest_command else None,
-                           actions=args.actions.split(",") if args.actions else None)
+                           actions=args.actions.split(",") if args.actions else None, gold=not args.no_gold)
     finally:
         broker.stop()
     print(report.table())
@@ -442,7 +502,8 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
-    "verify": cmd_verify, "migrate": cmd_migrate, "rebind": cmd_rebind, "demo": cmd_demo, "spark-args": cmd_spark_args,
+    "verify": cmd_verify, "gold": cmd_gold,
+    "migrate": cmd_migrate, "rebind": cmd_rebind, "demo": cmd_demo, "spark-args": cmd_spark_args,
     "submit": cmd_submit, "chaos": cmd_chaos, "quality": cmd_quality,
 }
 

@@ -28,6 +28,12 @@ AFTER_AUDIT = "after_audit_commit"
 # at the kill, so the harness can count the kills that landed before the commit did.
 DURING_SILVER = "during_silver_merge"
 POINTS = (AFTER_BRONZE, AFTER_QUARANTINE, DURING_SILVER, AFTER_SILVER, AFTER_AUDIT)
+# The gold job's points: 50-500 ms into a gold batch's first table (while it recomputes and
+# MERGEs), and after that table's MERGE committed (the other tables and Spark's checkpoint
+# commit not done yet).
+DURING_GOLD = "during_gold_merge"
+AFTER_GOLD = "after_gold_merge"
+GOLD_POINTS = (DURING_GOLD, AFTER_GOLD)
 
 
 def armed(point: str, batch_id: int) -> bool:

@@ -956,7 +956,7 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
         once = False
         while True:
             query = start_ingest(spark, cfg, available_now=available_now, job=job, once=once)
-            error = _await(query, stop_event if not once else threading.Event(), grace_s, summary)
+            error = await_query(query, stop_event if not once else threading.Event(), grace_s, summary)
             try:
                 job.flush()  # the last batch's deferred audit row
             except Exception as e:
@@ -1016,8 +1016,8 @@ def is_spark_55271(error: BaseException) -> bool:
     return _SPARK_55271 in str(error) and ("KafkaMicroBatchStream" in trace or not trace)
 
 
-def _await(query: StreamingQuery, stop_event: threading.Event, grace_s: float,
-           summary: IngestSummary) -> BaseException | None:
+def await_query(query: StreamingQuery, stop_event: threading.Event, grace_s: float,
+           summary: IngestSummary | Any) -> BaseException | None:
     """Wait for ``query`` to end (or stop it when ``stop_event`` is set); return its error, if any."""
     try:
         while query.isActive:

@@ -366,3 +366,23 @@ def produce(
             ledger.close()
     stats.seconds = time.monotonic() - t0
     return stats
+
+
+def send_events(bootstrap_servers: str, topic: str, events: list[dict[str, Any]], partitions: int = 3) -> None:
+    """Send hand-written events as JSON (keyed by ``message_id``), e.g. a correction from a notebook.
+
+    Raises:
+        BrokerError: the broker did not acknowledge every event within 30 s.
+    """
+    from confluent_kafka import Producer
+
+    from pipelines.errors import BrokerError
+    from pipelines.local.kafka import ensure_topic
+
+    ensure_topic(bootstrap_servers, topic, partitions)
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all"})
+    for ev in events:
+        producer.produce(topic, key=str(ev.get("message_id", "")).encode(), value=json.dumps(ev).encode())
+    left = producer.flush(30)
+    if left:
+        raise BrokerError(f"{left} of {len(events)} events were not acknowledged by {bootstrap_servers}")

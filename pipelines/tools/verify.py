@@ -16,7 +16,9 @@ with a count and a few samples:
 - audit: one row per (app id, batch id), no NULL counts, and its inserted counts add up to the
   rows of bronze, quarantine and silver;
 - ledger (optional): the producer's acknowledged records agree with the tables: every valid
-  message_id in silver, every malformed record quarantined with the expected reason.
+  message_id in silver, every malformed record quarantined with the expected reason;
+- gold: each gold table equals its recomputation from silver (as of the silver version its
+  newest commit says it reflects), group by group; the groups that differ are listed.
 
 Run it after the ingest job has caught up (``ingest --available-now``); records produced
 after the job's last batch show up as missing. The topic is read with the job's isolation
@@ -38,6 +40,7 @@ from pyspark.sql import types as T
 from pipelines.config import Config
 from pipelines.domain import schema as S
 from pipelines.domain.schema import EventSpec, spark_type
+from pipelines.errors import PipelineError
 from pipelines.io.binding import describe_source
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import TablePaths
@@ -269,10 +272,45 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
         c.append(Check("info: duplicate copies dropped", max(dropped, 0), informational=True))
         if ledger_files:
             _ledger_checks(spark, report, ledger_files, silver_all, quarantine, now)
+        if cfg.gold.tables:
+            gold_checks(spark, cfg, report)
     finally:
         for df in (topic, bronze_all, quarantine_all, silver_all, audit):
             df.unpersist()
     return report
+
+
+def gold_checks(spark: SparkSession, cfg: Config, report: VerifyReport) -> None:
+    """Each gold table against its recomputation from silver (see :func:`pipelines.jobs.gold.compare`)."""
+    from pipelines.jobs.gold import compare, select_specs
+
+    report.totals.setdefault("gold_groups", 0)
+    not_built = []
+    try:
+        specs = select_specs(spark, cfg)
+    except PipelineError as e:
+        report.checks.append(Check(f"gold: the declared tables are invalid: {e}", 1))
+        return
+    for spec in specs:
+        try:
+            cmp = compare(spark, spec, cfg.table_path("silver"), SAMPLES)
+        except Exception as e:  # noqa: BLE001 - reported as a failed check, with the cause
+            report.checks.append(Check(f"gold {spec.name}: could not be compared", 1,
+                                       [f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"]))
+            continue
+        if not cmp.built:
+            not_built.append(spec.name)
+            continue
+        report.totals["gold_groups"] += cmp.groups
+        report.checks.append(Check(f"gold {spec.name}: groups that differ from the recomputation from silver",
+                                   cmp.differing, cmp.samples))
+        behind = (cmp.latest_silver_version or 0) - (cmp.silver_version if cmp.silver_version is not None
+                                                     else cmp.latest_silver_version or 0)
+        report.checks.append(Check(f"info: gold {spec.name}: silver versions not reflected yet", behind,
+                                   informational=True))
+    if not_built:
+        report.checks.append(Check("info: gold tables not built yet (run `gold`): " + ", ".join(not_built),
+                                   len(not_built), informational=True))
 
 
 _AUDIT_COUNTS = ("rows_read", "bronze_inserted", "quarantined", "valid_rows", "duplicates_in_batch",

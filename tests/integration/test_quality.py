@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 from pyspark.sql import functions as F
 
 from pipelines.domain.schema import EventSpec
 from pipelines.io.tables import TablePaths, ensure_tables
 from pipelines.io.writers import table_version
 from pipelines.jobs.ingest import IngestJob, run_ingest
-from pipelines.local.kafka import ensure_topic
 from pipelines.paths import REPO_ROOT
 from pipelines.quality.batch import QualityFailedError
+from pipelines.tools.producer import send_events as send_json
 from pipelines.tools.verify import read_topic, verify
 
 pytestmark = pytest.mark.integration
@@ -36,13 +34,7 @@ def event(mid: str, **over) -> dict:
 
 
 def send_events(cfg, events: list[dict]) -> None:
-    topic = cfg.kafka.topics[0]
-    ensure_topic(cfg.kafka.bootstrap_servers, topic, 3)
-    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "enable.idempotence": True,
-                         "acks": "all"})
-    for ev in events:
-        producer.produce(topic, key=ev["message_id"].encode(), value=json.dumps(ev).encode())
-    assert producer.flush(30) == 0
+    send_json(cfg.kafka.bootstrap_servers, cfg.kafka.topics[0], events)
 
 
 def table(spark, cfg, name):
