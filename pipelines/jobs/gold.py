@@ -61,6 +61,8 @@ METADATA_TAG = "pipelines.gold"
 _PRESENT = G.RESERVED_PREFIX + "present"
 _KEY = G.RESERVED_PREFIX + "k_"
 CONFLICT_RETRIES = 5
+#: Newest gold commits read first when looking for the silver version a table reflects.
+HISTORY_PEEK = 20
 #: How many batch results a GoldJob keeps (its summary counts all of them).
 RESULTS_KEPT = 10_000
 
@@ -111,17 +113,28 @@ def silver_version_of(spark: SparkSession, path: str, as_of: int | None = None) 
     """
     from delta.tables import DeltaTable
 
-    history = DeltaTable.forPath(spark, path).history().select("version", "userMetadata")
-    if as_of is not None:
-        history = history.filter(F.col("version") <= as_of)
-    for r in history.filter(F.col("userMetadata").contains(METADATA_TAG)).orderBy(F.desc("version")).collect():
-        try:
-            meta = json.loads(r[1] or "{}").get(METADATA_TAG)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(meta, dict) and "silver_version" in meta:
-            return int(meta["silver_version"]), int(r[0])
-    return None, None
+    table = DeltaTable.forPath(spark, path)
+
+    def newest(rows: list[Any]) -> tuple[int | None, int | None]:
+        for version, text in sorted(rows, key=lambda r: -r[0]):
+            if (as_of is not None and version > as_of) or METADATA_TAG not in (text or ""):
+                continue
+            try:
+                meta = json.loads(text).get(METADATA_TAG)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(meta, dict) and "silver_version" in meta:
+                return int(meta["silver_version"]), int(version)
+        return None, None
+
+    # Nearly every gold commit is the job's own: the newest few are enough; all of the history
+    # only if they hold none (e.g. after many maintenance commits, or with an old ``as_of``).
+    peek = [(int(r[0]), r[1]) for r in table.history(HISTORY_PEEK).select("version", "userMetadata").collect()]
+    found = newest(peek)
+    if found[0] is not None or len(peek) < HISTORY_PEEK:
+        return found
+    return newest([(int(r[0]), r[1]) for r in table.history().select("version", "userMetadata")
+                   .filter(F.col("userMetadata").contains(METADATA_TAG)).collect()])
 
 
 def _is_conflict(e: BaseException) -> bool:
@@ -194,6 +207,17 @@ def gold_schema(spark: SparkSession, spec: GoldSpec, silver: T.StructType) -> T.
                          spark.createDataFrame([], silver).transform(G.aggregate(spec)).schema.fields])
 
 
+def _built_as(spark: SparkSession, spec: GoldSpec, schema: T.StructType) -> bool:
+    """True if the existing gold table records ``spec``'s definition and has ``schema``'s columns and types."""
+    from delta.tables import DeltaTable
+
+    table = DeltaTable.forPath(spark, spec.path)
+    props = table.detail().select("properties").first()
+    have = dict(props[0] or {}).get(DEFINITION_PROPERTY) if props else None
+    return have == spec.definition and [(f.name, f.dataType) for f in table.toDF().schema.fields] == [
+        (f.name, f.dataType) for f in schema.fields]
+
+
 def check_gold_tables(spark: SparkSession, specs: Sequence[GoldSpec], silver: T.StructType) -> list[GoldSpec]:
     """Check that each existing gold table was built with the declared definition and columns.
 
@@ -212,12 +236,7 @@ def check_gold_tables(spark: SparkSession, specs: Sequence[GoldSpec], silver: T.
         if not DeltaTable.isDeltaTable(spark, spec.path):
             missing.append(spec)
             continue
-        table = DeltaTable.forPath(spark, spec.path)
-        props = table.detail().select("properties").first()
-        have = dict(props[0] or {}).get(DEFINITION_PROPERTY) if props else None
-        want = [(f.name, f.dataType) for f in gold_schema(spark, spec, silver).fields]
-        columns = [(f.name, f.dataType) for f in table.toDF().schema.fields]
-        if have != spec.definition or columns != want:
+        if not _built_as(spark, spec, gold_schema(spark, spec, silver)):
             raise PipelineError(
                 f"gold table {spec.name} ({spec.path}) was built with another definition than gold.tables "
                 "declares now: its rows would mix the two",
@@ -233,15 +252,23 @@ def build_table(spark: SparkSession, spec: GoldSpec, silver_path: str, version: 
 
     ``CREATE OR REPLACE TABLE ... AS SELECT`` writes the rows, the columns and the definition
     property in a single Delta commit: readers see the old table or the new one, never a
-    half-built one, and time travel still reaches the old rows.
+    half-built one, and time travel still reaches the old rows. A table that already has this
+    definition and these columns is overwritten instead (also one commit), which keeps its
+    identity.
     """
+    from delta.tables import DeltaTable
+
     view = f"{G.RESERVED_PREFIX}build_{spec.name}"
-    silver = spark.read.format("delta").option("versionAsOf", version).load(silver_path)
-    silver.transform(G.aggregate(spec)).createOrReplaceTempView(view)
+    rows = spark.read.format("delta").option("versionAsOf", version).load(silver_path).transform(G.aggregate(spec))
+    same = DeltaTable.isDeltaTable(spark, spec.path) and _built_as(spark, spec, rows.schema)
     spark.conf.set(writers.USER_METADATA, metadata)
     try:
-        spark.sql(f"CREATE OR REPLACE TABLE delta.`{spec.path}` USING delta "
-                  f"TBLPROPERTIES ('{DEFINITION_PROPERTY}' = '{spec.definition}') AS SELECT * FROM {view}").collect()
+        if same:  # a plain overwrite keeps the table's identity (streaming readers of gold go on)
+            rows.write.format("delta").mode("overwrite").save(spec.path)
+        else:
+            rows.createOrReplaceTempView(view)
+            spark.sql(f"CREATE OR REPLACE TABLE delta.`{spec.path}` USING delta TBLPROPERTIES "
+                      f"('{DEFINITION_PROPERTY}' = '{spec.definition}') AS SELECT * FROM {view}").collect()
     finally:
         spark.conf.unset(writers.USER_METADATA)
         spark.catalog.dropTempView(view)
