@@ -10,8 +10,15 @@ records. Each round does one seeded action, then starts the job again as an oper
 - ``broker-kill`` / ``broker-restart``: SIGKILL or cleanly restart the Kafka broker while the job runs;
 - ``checkpoint-reset``: once, delete the checkpoint and restart from earliest.
 
-At the end the producer is stopped, the job catches up (``--available-now``), and ``verify
---ledger`` reconciles everything. The schedule depends only on ``seed``.
+With gold (the default when ``gold.tables`` are declared), the gold job runs beside it as its own
+driver process, with its own seeded action per round: killed at the round's end (``gold:kill``),
+made to SIGKILL itself 50-500 ms into a batch's first table or right after its MERGE
+(``gold:fault:<point>``), and once its checkpoint is deleted before the round
+(``gold:checkpoint-reset``).
+
+At the end the producer is stopped, the jobs catch up (``--available-now``: ingest, then gold),
+and ``verify --ledger`` reconciles everything, gold included (every gold group against its
+recomputation from silver). The schedule depends only on ``seed``.
 """
 
 from __future__ import annotations
@@ -53,11 +60,15 @@ class ChaosReport:
     bug_restarts: int = 0
     seconds: float = 0.0
     silver_merge_scope: str = "table"
+    #: The gold job's actions (empty: gold not run).
+    gold_actions: Counter[str] = field(default_factory=Counter)
+    #: Exit code of the gold job's final catch-up run (None: timed out; 0 without gold).
+    gold_catch_up_rc: int | None = 0
 
     @property
     def ok(self) -> bool:
-        """True when verify found nothing missing or duplicated."""
-        return bool(self.verify.get("ok"))
+        """True when verify found nothing missing or duplicated (gold included) and gold caught up."""
+        return bool(self.verify.get("ok")) and self.gold_catch_up_rc == 0
 
     def table(self) -> str:
         """A readable summary."""
@@ -69,16 +80,23 @@ class ChaosReport:
             *[(f"actions: {k}", v) for k, v in sorted(self.actions.items())],
             *[(f"fired: {p}", self.faults_fired[p]) for p in faults.POINTS if p in self.faults_fired
               or f"fault:{p}" in self.actions],
+            *[(f"fired: {p}", self.faults_fired[p]) for p in faults.GOLD_POINTS if p in self.faults_fired
+              or f"gold:fault:{p}" in self.gold_actions],
             ("kills inside the silver MERGE commit", self.merge_kills_inside_commit),
             ("SPARK-55271 restarts", self.bug_restarts),
             ("events produced", self.produced.get("sent", 0)),
             ("duplicates injected", self.produced.get("duplicates", 0)),
             ("malformed injected", self.produced.get("malformed_total", 0)),
+            *[(f"gold actions: {k}", v) for k, v in sorted(self.gold_actions.items())],
             ("silver rows", totals.get("silver_rows", 0)),
             ("missing (silver)", checks.get("silver: missing message_ids", "?")),
             ("duplicated (silver)", checks.get("silver: duplicated message_ids", "?")),
             ("missing (bronze)", checks.get("bronze: missing records", "?")),
             ("duplicated (bronze)", checks.get("bronze: duplicated records", "?")),
+            *([("gold catch-up exit code", "timeout" if self.gold_catch_up_rc is None else self.gold_catch_up_rc),
+               ("gold groups compared", totals.get("gold_groups", "?")),
+               ("gold mismatches", sum(v for k, v in checks.items() if k.startswith("gold ") and "differ" in k)
+                if any(k.startswith("gold ") for k in checks) else "?")] if self.gold_actions else []),
             ("seconds", round(self.seconds)),
             ("result", "PASS" if self.ok else "FAIL"),
         ]
@@ -103,6 +121,19 @@ def schedule(rounds: int, seed: int, broker_restarts: int, checkpoint_reset: boo
     return actions[:rounds]
 
 
+GOLD_KILL, GOLD_CHECKPOINT_RESET = "gold:kill", "gold:checkpoint-reset"
+
+
+def gold_schedule(rounds: int, seed: int, checkpoint_reset: bool) -> list[str]:
+    """The gold job's seeded actions, one per round."""
+    rng = random.Random(seed + 7)
+    actions = [GOLD_CHECKPOINT_RESET] if checkpoint_reset and rounds > 1 else []
+    while len(actions) < rounds:
+        actions.append(rng.choice([GOLD_KILL, *[f"gold:fault:{p}" for p in faults.GOLD_POINTS]]))
+    rng.shuffle(actions)
+    return actions[:rounds]
+
+
 def _committed_batches(checkpoint: str) -> int:
     commits = Path(checkpoint) / "commits"
     return len([p for p in commits.glob("[0-9]*")]) if commits.exists() else 0
@@ -116,10 +147,10 @@ class _Job:
     """
 
     def __init__(self, conf_file: str, env: dict[str, str], log: Path, extra: list[str] | None = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, job: str = "ingest") -> None:
         self.log = open(log, "a")  # noqa: SIM115 - closed in wait/kill
         argv = ([*command, "--conf", conf_file] if command
-                else [sys.executable, "-m", "pipelines", "--conf", conf_file, "ingest"])
+                else [sys.executable, "-m", "pipelines", "--conf", conf_file, job])
         self.proc = subprocess.Popen(
             [*argv, *(extra or [])],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=paths.REPO_ROOT,
@@ -159,6 +190,7 @@ def run_chaos(
     extra_env: dict[str, str] | None = None,
     ingest_command: list[str] | None = None,
     actions: list[str] | None = None,
+    gold: bool = True,
     out=print,  # noqa: ANN001
 ) -> ChaosReport:
     """Run the harness; see the module docstring. ``cfg`` must point at ``broker`` and its own data dir."""
@@ -177,6 +209,8 @@ def run_chaos(
         "PIPELINES__KAFKA__TOPICS": json.dumps([topic]),
         "PIPELINES__KAFKA__MAX_OFFSETS_PER_TRIGGER": str(cfg.kafka.max_offsets_per_trigger or 5000),
         "PIPELINES__INGEST__TRIGGER_INTERVAL": "1 second",
+        "PIPELINES__GOLD__TRIGGER_INTERVAL": "1 second",
+        "PYTHONUNBUFFERED": "1",  # progress lines reach the log before a SIGKILL
         **(extra_env or {}),
     }
     ledger = Path(cfg.data_dir) / paths.LEDGER_SUBDIR / topic / f"chaos-seed{seed}.jsonl"
@@ -193,10 +227,28 @@ def run_chaos(
     prod.start()
     log = work_dir / "ingest.log"
     plan = actions or schedule(rounds, seed, broker_restarts, checkpoint_reset)
+    gold = gold and bool(cfg.gold.tables)
+    gold_plan = gold_schedule(len(plan), seed, checkpoint_reset) if gold else []
+    gold_log = work_dir / "gold.log"
     for i, action in enumerate(plan):
         report.rounds += 1
         report.actions[action] += 1
-        out(f"[chaos] round {i + 1}/{len(plan)}: {action}")
+        gold_job = None
+        if gold:
+            gold_action = gold_plan[i]
+            report.gold_actions[gold_action] += 1
+            out(f"[chaos] round {i + 1}/{len(plan)}: {action}; gold: {gold_action}")
+            gold_env = dict(env)
+            if gold_action.startswith("gold:fault:"):
+                gold_env[faults.POINT_ENV] = gold_action.split(":", 2)[2]
+                # The first batch with silver changes this process runs (its rounds are short:
+                # two driver JVMs share the machine, and a start may build the tables first).
+                gold_env[faults.MIN_BATCH_ENV] = str(_committed_batches(cfg.gold_checkpoint_path))
+            if gold_action == GOLD_CHECKPOINT_RESET:
+                shutil.rmtree(cfg.gold_checkpoint_path, ignore_errors=True)
+            gold_job = _Job(conf_file, gold_env, gold_log, job="gold")
+        else:
+            out(f"[chaos] round {i + 1}/{len(plan)}: {action}")
         job_env = dict(env)
         if action.startswith("fault:"):
             job_env[faults.POINT_ENV] = action.split(":", 1)[1]
@@ -223,12 +275,21 @@ def run_chaos(
         else:
             time.sleep(wait_s)
             job.kill()
+        if gold_job is not None:  # a gold fault may have fired already; otherwise this is the kill
+            gold_job.kill()
     prod.join(timeout=900)
     out("[chaos] producer done; catching up (available-now) ...")
     final = _Job(conf_file, env, log, ["--available-now"], command=ingest_command)
     rc = final.wait(1800)
     if rc != 0:
         out(f"[chaos] the catch-up run failed (exit {rc}); see {log}")
+        final.kill()
+    if gold:
+        gold_final = _Job(conf_file, env, gold_log, ["--available-now"], job="gold")
+        report.gold_catch_up_rc = gold_final.wait(1800)
+        if report.gold_catch_up_rc != 0:
+            out(f"[chaos] the gold catch-up run failed (exit {report.gold_catch_up_rc}); see {gold_log}")
+            gold_final.kill()
     res = subprocess.run([sys.executable, "-m", "pipelines", "--conf", conf_file, "verify", "--ledger", "--json"],
                          env=env, capture_output=True, text=True, cwd=paths.REPO_ROOT, timeout=1800)
     try:
@@ -236,10 +297,10 @@ def run_chaos(
     except json.JSONDecodeError:
         report.verify = {"ok": False, "error": res.stderr[-2000:]}
     report.produced = produced
-    text = log.read_text(errors="replace") if log.exists() else ""
+    text = "".join(f.read_text(errors="replace") for f in (log, gold_log) if f.exists())
     for m in _CRASH_LINE.finditer(text):
         report.faults_fired[m["point"]] += 1
-        if m["before"] is not None and m["before"] == m["after"]:
+        if m["point"] == faults.DURING_SILVER and m["before"] is not None and m["before"] == m["after"]:
             report.merge_kills_inside_commit += 1
     report.bug_restarts = text.count("SPARK-55271")
     report.seconds = time.monotonic() - t0

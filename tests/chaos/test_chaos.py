@@ -36,6 +36,12 @@ def test_bounded_chaos_run_loses_and_doubles_nothing(tmp_path):
     assert int(table["actions: checkpoint-reset"]) == 1
     assert int(table["fired: during_silver_merge"]) >= 1
     assert int(table["kills inside the silver MERGE commit"]) >= 1
+    # The gold job ran beside it (killed, crashed at its own points, its checkpoint reset once):
+    # every gold group equals its recomputation from silver.
+    assert table["gold mismatches"] == "0" and int(table["gold groups compared"]) > 1000
+    assert int(table["gold actions: gold:checkpoint-reset"]) == 1
+    assert int(table.get("fired: after_gold_merge", 0)) + int(table.get("fired: during_gold_merge", 0)) >= 1
+    assert table["gold catch-up exit code"] == "0"
 
 
 def test_harness_catches_a_broken_pipeline(tmp_path):
@@ -43,7 +49,8 @@ def test_harness_catches_a_broken_pipeline(tmp_path):
     # commit must show up as duplicates.
     broken = f"{sys.executable} {Path(__file__).with_name('broken_ingest.py')}"
     res = chaos(tmp_path, "--rounds", "2", "--events", "3000", "--broker-restarts", "0", "--no-checkpoint-reset",
-                "--actions", "fault:after_silver_commit,kill", "--ingest-command", broken, "--max-offsets", "2000",
+                "--actions", "fault:after_silver_commit,kill", "--ingest-command", broken, "--no-gold",
+                "--max-offsets", "2000",
                 "--round-seconds", "8,12")
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     table = dict(line.rsplit(None, 1) for line in res.stdout.splitlines() if line and "  " in line)
