@@ -190,10 +190,11 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"Command: `{res['command']}`", ""]
     if res.get("error"):
         lines += ["**The run failed; only the sections that finished are below.**", "", "```", res["error"], "```", ""]
+    from bench.gold_cost import lines as gold_lines
     from bench.quality_cost import lines as quality_lines
 
     for key, render in (("drain", drain_lines), ("sweep", sweep_lines), ("freshness", freshness_lines),
-                        ("quality", quality_lines), ("merge", merge_lines)):
+                        ("gold", gold_lines), ("quality", quality_lines), ("merge", merge_lines)):
         if res.get(key):
             lines += render(res) + [""]
     if res.get("plots"):

@@ -7,8 +7,8 @@ on stdout; everything else (Spark, the JVM, our own prints) goes to stderr.
 
 Pipelines: ``probe`` (which ``pipelines`` package is imported; no Spark), ``raw_consumer``,
 ``spark_ceiling``, ``delta_sink``, ``single_append``, ``at_least_once``, ``exactly_once``,
-``exactly_once_no_quality`` (see :mod:`bench.drain`), ``freshness`` (:mod:`bench.freshness`) and ``merge``
-(:mod:`bench.merge_scope`).
+``exactly_once_no_quality`` (see :mod:`bench.drain`), ``freshness`` (:mod:`bench.freshness`), ``gold``
+(:mod:`bench.gold_cost`) and ``merge`` (:mod:`bench.merge_scope`).
 
 Which ``pipelines`` is imported depends on how the worker is started (``PYTHONPATH``; see
 :func:`bench.common.worker_launch`); the config is that checkout's ``conf/local.yaml``.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pipelines.config import Config
 
 SPARK_PIPELINES = ("spark_ceiling", "delta_sink", "single_append", "at_least_once", "exactly_once",
-                   "exactly_once_no_quality", "freshness", "merge")
+                   "exactly_once_no_quality", "freshness", "gold", "merge")
 PIPELINES = ("probe", "raw_consumer", *SPARK_PIPELINES)
 
 
@@ -102,6 +102,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return measure(spark, cfg, _need(args, "topic"), work, rate=_need(args, "rate"),
                            seconds=_need(args, "seconds"), trigger=args.trigger, max_offsets=args.max_offsets,
                            warmup_s=args.warmup_seconds)
+        if args.pipeline == "gold":
+            from bench.gold_cost import measure as gold_measure
+
+            return gold_measure(spark, cfg, _need(args, "topic"), work, rate=_need(args, "rate"),
+                                seconds=_need(args, "seconds"), trigger=args.trigger, warmup_s=args.warmup_seconds)
         if args.pipeline == "merge":
             from bench.merge_scope import merge_scaling
 
