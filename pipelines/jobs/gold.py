@@ -75,6 +75,8 @@ class TableChange:
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
+    #: Set when the table already reflected this silver version (or a newer one) and was skipped.
+    already: int | None = None
 
 
 @dataclass
@@ -92,7 +94,8 @@ class GoldBatchResult:
         if self.silver_versions is None:
             return f"[gold] batch {self.batch_id}: no silver changes | {self.duration_ms / 1000:.2f}s"
         lo, hi = self.silver_versions
-        parts = " | ".join(f"{name}: {c.groups} groups recomputed, +{c.inserted} ~{c.updated} -{c.deleted}"
+        parts = " | ".join(f"{name}: reflects v{c.already} already" if c.already is not None else
+                           f"{name}: {c.groups} groups recomputed, +{c.inserted} ~{c.updated} -{c.deleted}"
                            for name, c in self.tables.items())
         return (f"[gold] batch {self.batch_id}: silver v{lo}..v{hi}, {self.changes} changed rows | {parts} | "
                 f"{self.duration_ms / 1000:.2f}s")
@@ -373,14 +376,23 @@ class GoldJob:
             if res.changes:
                 lo, hi = int(stats[1]), int(stats[2])
                 res.silver_versions = (lo, hi)
-                # A silver commit larger than maxFilesPerTrigger is split across batches: take the
-                # keys of all of version `hi` now, so that after this batch every group reflects
-                # silver at `hi` (what the commit records), not only those this part touched.
-                whole = (spark.read.format("delta").option("readChangeFeed", "true")
-                         .option("startingVersion", hi).option("endingVersion", hi).load(self.silver)
-                         .select(*needed, "_commit_version"))
-                touched = rows.unionByName(whole)
-                for i, spec in enumerate(self.specs):
+                # A table that already reflects silver at `hi` or newer (built from it, or this batch
+                # is re-run after a crash between tables) equals the recomputation from that version:
+                # nothing in this batch can change it.
+                todo = [s for s in self.specs if self.versions.get(s.name, -1) < hi]
+                for spec in self.specs:
+                    if spec not in todo:
+                        res.tables[spec.name] = TableChange(already=self.versions[spec.name])
+                if todo:
+                    # A silver commit larger than maxFilesPerTrigger is split across batches: take
+                    # the keys of all of version `hi` now, so that after this batch every group
+                    # reflects silver at `hi` (what the commit records), not only those this part
+                    # touched.
+                    whole = (spark.read.format("delta").options(readChangeFeed="true", startingVersion=hi,
+                                                                endingVersion=hi).load(self.silver)
+                             .select(*needed, "_commit_version"))
+                    touched = rows.unionByName(whole)
+                for i, spec in enumerate(todo):
                     # Every group is recomputed from silver as of the batch's newest version (or the
                     # version a build already brought the table to, if newer), so after this batch
                     # the table equals the recomputation from that version exactly.
@@ -394,6 +406,7 @@ class GoldJob:
                     self.versions[spec.name] = version
                     if i == 0:
                         self._fault(spark, faults.AFTER_GOLD, batch_id)
+                res.tables = {s.name: res.tables[s.name] for s in self.specs}
         finally:
             rows.unpersist()
         res.duration_ms = int((time.monotonic() - t0) * 1000)

@@ -15,7 +15,16 @@ import pytest
 
 from pipelines.errors import PipelineError
 from pipelines.io.writers import table_version
-from pipelines.jobs.gold import GoldJob, compare, rebuild, run_gold, select_specs, silver_version_of, start_gold
+from pipelines.jobs.gold import (
+    GoldJob,
+    TableChange,
+    compare,
+    rebuild,
+    run_gold,
+    select_specs,
+    silver_version_of,
+    start_gold,
+)
 from pipelines.jobs.ingest import run_ingest
 from pipelines.paths import REPO_ROOT
 from pipelines.tools.producer import produce, send_events
@@ -94,7 +103,13 @@ def test_gold_is_incremental_idempotent_and_corrects_late_windows(spark, make_cf
     cfg = make_cfg(gold={"progress": False, "max_files_per_trigger": 1})
     produce_events(cfg, 1500, seed=21)
     run_ingest(spark, cfg, available_now=True)
-    run_gold(spark, cfg, available_now=True)  # a new checkpoint: every table built from silver's latest version
+    built = GoldJob.from_config(spark, cfg, out=None)
+    run_gold(spark, cfg, available_now=True, job=built)  # a new checkpoint: all built from silver's latest version
+    assert built.summary.tables_built == len(built.specs)
+    # Its stream starts at that version: its batches find every table already reflecting it.
+    latest = table_version(spark, cfg.table_path("silver"))
+    assert built.results and all(list(r.tables.values()) == [TableChange(already=latest)] * len(built.specs)
+                                 for r in built.results), built.results
     assert_gold_exact(spark, cfg)
 
     # Incremental: several silver commits, one silver file per gold batch (a commit's files split
@@ -197,6 +212,6 @@ def test_killed_gold_job_resumes_exactly(spark, make_cfg):
     assert summary.batches == 1
     redone = job.results[0].tables
     # The re-run batch: the first table already had it (nothing to change), the second catches up.
-    assert (redone[specs[0].name].inserted, redone[specs[0].name].updated) == (0, 0)
+    assert redone[specs[0].name] == TableChange(already=reflected[0])
     assert redone[specs[1].name].inserted + redone[specs[1].name].updated > 0
     assert_gold_exact(spark, cfg)
