@@ -16,6 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
     from bench.common import Settings
     from pipelines.config import Config
+    from pipelines.jobs.ingest import IngestJob
+    from pipelines.tools.producer import ProduceStats
 
 FULL_LOADS = (0.25, 0.5, 0.75)
 QUICK_LOADS = (0.5,)
@@ -35,17 +39,71 @@ START_TIMEOUT_S = 300.0
 
 
 # ---- worker side -------------------------------------------------------------------------------------
-def _wait_running(spark: SparkSession, name: str, runner: threading.Thread, errors: list[BaseException]) -> None:
-    """Wait until the query ``name`` is active and waiting for data (its sources and tables are ready)."""
+def start_thread(name: str, target: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``target`` in a daemon thread; what it raises lands in the returned list."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    return t, errors
+
+
+def wait_running(spark: SparkSession, name: str, runner: threading.Thread, errors: list[BaseException], *,
+                 idle: bool = True) -> None:
+    """Wait until the query ``name`` is active (and, if ``idle``, waiting for data: its sources and
+    tables are ready)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if errors or not runner.is_alive():
-            raise RuntimeError(f"the ingest job stopped before its query ran: {errors[0] if errors else '?'}")
+            raise RuntimeError(f"{name} stopped before its query ran: {errors[0] if errors else '?'}")
         for q in spark.streams.active:
-            if q.name == name and str(q.status.get("message", "")).startswith("Waiting"):
+            if q.name == name and (not idle or str(q.status.get("message", "")).startswith("Waiting")):
                 return
         time.sleep(0.2)
-    raise TimeoutError(f"the ingest query {name} was not running after {START_TIMEOUT_S:.0f}s")
+    raise TimeoutError(f"the query {name} was not running after {START_TIMEOUT_S:.0f}s")
+
+
+@dataclass
+class Load:
+    """What ``produce_load`` sent: warm-up records, when the measured window began, its stats."""
+
+    warm: int
+    since: dt.datetime
+    stats: ProduceStats
+    deadline: float
+
+
+def produce_load(c: Config, topic: str, job: IngestJob, runner: threading.Thread, errors: list[BaseException], *,
+                 rate: float, seconds: float, warmup_s: float, duplicate_fraction: float, prefix: str,
+                 min_wait_s: float, on_measure: Callable[[], None] | None = None) -> Load:
+    """Produce ``rate`` records/s to ``topic`` (an unmeasured warm-up first: a fresh JVM compiles
+    for its first minute, then ``seconds`` measured) and wait until the ingest ``job`` has read them
+    all (or its thread died, or ``max(min_wait_s, 2 * seconds)`` passed)."""
+    from pipelines.tools.producer import produce
+
+    time.sleep(1.0)
+    warm = 0
+    if warmup_s > 0:
+        warm = produce(c.kafka.bootstrap_servers, topic, int(rate * warmup_s), rate=rate, partitions=3, seed=8,
+                       duplicate_fraction=duplicate_fraction, malformed_fraction=0.0, id_prefix=f"warm-{topic}",
+                       progress=False).sent
+    since = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    if on_measure:
+        on_measure()
+    stats = produce(c.kafka.bootstrap_servers, topic, int(rate * seconds), rate=rate, partitions=3, seed=7,
+                    duplicate_fraction=duplicate_fraction, malformed_fraction=0.0, id_prefix=f"{prefix}-{topic}",
+                    progress=False)
+    deadline = time.monotonic() + max(min_wait_s, 2 * seconds)
+    while (sum(r.rows_read for r in job.results) < stats.sent + warm and time.monotonic() < deadline
+           and runner.is_alive() and not errors):
+        time.sleep(0.5)
+    return Load(warm, since, stats, deadline)
 
 
 def commit_times(spark: SparkSession, table: str) -> DataFrame:
@@ -93,35 +151,16 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
     """Run the streaming job, produce ``rate`` records/s for ``warmup_s`` (not measured) and then
     ``seconds``, stop; latency to silver visibility of the measured records."""
     from pipelines.jobs.ingest import IngestJob, run_ingest
-    from pipelines.tools.producer import produce
 
     c = ours_cfg(cfg, topic, work, max_offsets, name="fresh").with_overrides(ingest={"trigger_interval": trigger})
     job = IngestJob.from_config(c, out=None)
     stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            run_ingest(spark, c, available_now=False, stop_event=stop, job=job)
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
-
-    runner = threading.Thread(target=target, name="ingest", daemon=True)
-    runner.start()
-    _wait_running(spark, c.ingest.query_name, runner, errors)
-    time.sleep(1.0)
-    warm = 0
-    if warmup_s > 0:  # the same load, not measured: a fresh JVM compiles for its first minute
-        warm = produce(c.kafka.bootstrap_servers, topic, int(rate * warmup_s), rate=rate, partitions=3, seed=8,
-                       duplicate_fraction=0.0, malformed_fraction=0.0, id_prefix=f"warm-{topic}",
-                       progress=False).sent
-    since = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    stats = produce(c.kafka.bootstrap_servers, topic, int(rate * seconds), rate=rate, partitions=3, seed=7,
-                    duplicate_fraction=0.0, malformed_fraction=0.0, id_prefix=f"fresh-{topic}", progress=False)
-    deadline = time.monotonic() + max(120.0, 2 * seconds)
-    while (sum(r.rows_read for r in job.results) < stats.sent + warm and time.monotonic() < deadline
-           and runner.is_alive() and not errors):
-        time.sleep(0.5)
+    runner, errors = start_thread("ingest", lambda: run_ingest(spark, c, available_now=False, stop_event=stop,
+                                                               job=job))
+    wait_running(spark, c.ingest.query_name, runner, errors)
+    load = produce_load(c, topic, job, runner, errors, rate=rate, seconds=seconds, warmup_s=warmup_s,
+                        duplicate_fraction=0.0, prefix="fresh", min_wait_s=120.0)
+    warm, since, stats = load.warm, load.since, load.stats
     read = sum(r.rows_read for r in job.results)
     stop.set()
     runner.join(timeout=300)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.common import log, median, run_isolated
 from bench.drain import ours_cfg
-from bench.freshness import FRESH_MAX_OFFSETS, START_TIMEOUT_S
+from bench.freshness import FRESH_MAX_OFFSETS, produce_load, start_thread, wait_running
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -37,31 +37,6 @@ LOAD = 0.5
 
 
 # ---- worker side -------------------------------------------------------------------------------------
-def _start(name: str, target: Any) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target()
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
-
-    t = threading.Thread(target=run, name=name, daemon=True)
-    t.start()
-    return t, errors
-
-
-def _wait_query(spark: SparkSession, name: str, runner: threading.Thread, errors: list[BaseException]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if errors or not runner.is_alive():
-            raise RuntimeError(f"{name} stopped before its query ran: {errors[0] if errors else '?'}")
-        if any(q.name == name for q in spark.streams.active):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"the query {name} was not running after {START_TIMEOUT_S:.0f}s")
-
-
 def _commits(spark: SparkSession, path: str) -> list[tuple[int, dt.datetime, str]]:
     from delta.tables import DeltaTable
 
@@ -102,33 +77,26 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
     from pipelines.io.writers import table_version
     from pipelines.jobs.gold import GoldJob, run_gold
     from pipelines.jobs.ingest import IngestJob, run_ingest
-    from pipelines.tools.producer import produce
-
     c = ours_cfg(cfg, topic, work, FRESH_MAX_OFFSETS, name="gold").with_overrides(
         ingest={"trigger_interval": trigger}, gold={"progress": False, "trigger_interval": trigger})
     ingest_job = IngestJob.from_config(c, out=None)
     stop_ingest, stop_gold = threading.Event(), threading.Event()
-    ingest, ingest_errors = _start("ingest", lambda: run_ingest(spark, c, available_now=False, stop_event=stop_ingest,
-                                                                job=ingest_job))
-    _wait_query(spark, c.ingest.query_name, ingest, ingest_errors)
+    ingest, ingest_errors = start_thread("ingest", lambda: run_ingest(spark, c, available_now=False,
+                                                                      stop_event=stop_ingest, job=ingest_job))
+    wait_running(spark, c.ingest.query_name, ingest, ingest_errors, idle=False)
     gold_job = GoldJob.from_config(spark, c, out=None)
-    gold, gold_errors = _start("gold", lambda: run_gold(spark, c, available_now=False, stop_event=stop_gold,
-                                                       job=gold_job))
-    _wait_query(spark, c.gold.query_name, gold, gold_errors)
-    time.sleep(1.0)
-    warm = 0
-    if warmup_s > 0:
-        warm = produce(c.kafka.bootstrap_servers, topic, int(rate * warmup_s), rate=rate, partitions=3, seed=8,
-                       duplicate_fraction=0.05, malformed_fraction=0.0, id_prefix=f"warm-{topic}",
-                       progress=False).sent
-    since = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    first_measured = gold_job.summary.batches
-    stats = produce(c.kafka.bootstrap_servers, topic, int(rate * seconds), rate=rate, partitions=3, seed=7,
-                    duplicate_fraction=0.05, malformed_fraction=0.0, id_prefix=f"gold-{topic}", progress=False)
-    deadline = time.monotonic() + max(180.0, 3 * seconds)
-    while (sum(r.rows_read for r in ingest_job.results) < stats.sent + warm and time.monotonic() < deadline
-           and ingest.is_alive() and not ingest_errors):
-        time.sleep(0.5)
+    gold, gold_errors = start_thread("gold", lambda: run_gold(spark, c, available_now=False, stop_event=stop_gold,
+                                                             job=gold_job))
+    wait_running(spark, c.gold.query_name, gold, gold_errors, idle=False)
+    first_measured = 0
+
+    def measured() -> None:
+        nonlocal first_measured
+        first_measured = gold_job.summary.batches
+
+    load = produce_load(c, topic, ingest_job, ingest, ingest_errors, rate=rate, seconds=seconds, warmup_s=warmup_s,
+                        duplicate_fraction=0.05, prefix="gold", min_wait_s=180.0, on_measure=measured)
+    since, stats, deadline = load.since, load.stats, load.deadline + seconds
     stop_ingest.set()
     ingest.join(timeout=300)
     silver = c.table_path("silver")
