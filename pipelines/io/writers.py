@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -25,6 +27,13 @@ TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 _METADATA_TAG = "pipelines.batch"
+#: How often a write that lost a race with a concurrent commit is tried again (see :func:`retry_on_conflict`).
+CONFLICT_RETRIES = 8
+#: Its waits grow from this (seconds, jittered) ...
+CONFLICT_BASE_S = 0.2
+#: ... up to this.
+CONFLICT_MAX_S = 5.0
+_T = TypeVar("_T")
 
 
 def batch_metadata(app_id: str, batch_id: int, offsets: dict[str, Any], **facts: Any) -> str:
@@ -191,3 +200,35 @@ def table_version(spark: SparkSession, path: str) -> int:
         from delta.tables import DeltaTable
 
         return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
+
+
+def is_conflict(e: BaseException) -> bool:
+    """Delta refused a commit because another commit (a concurrent writer) came first."""
+    from delta.exceptions import DeltaConcurrentModificationException
+
+    if isinstance(e, DeltaConcurrentModificationException) or "Concurrent" in type(e).__name__:
+        return True
+    text = str(e)
+    return "io.delta.exceptions.Concurrent" in text or "DELTA_CONCURRENT_" in text
+
+
+def retry_on_conflict(write: Callable[[], _T], *, retries: int = CONFLICT_RETRIES,
+                      on_retry: Callable[[int, BaseException], None] | None = None) -> _T:
+    """Run ``write``; when Delta refuses its commit for a concurrent one, run it again.
+
+    Safe for the writes of this package: a refused commit wrote nothing, and each write is
+    idempotent (keyed, with its transaction identity), so running it again either does the work
+    or finds it done. Waits grow exponentially from ``CONFLICT_BASE_S`` to ``CONFLICT_MAX_S``,
+    jittered (so two writers racing each other do not retry in lockstep); the last refusal is
+    raised after ``retries`` attempts. ``on_retry(attempt, error)`` is told of each retry.
+    """
+    for attempt in range(1, retries + 1):
+        try:
+            return write()
+        except Exception as e:
+            if attempt == retries or not is_conflict(e):
+                raise
+            if on_retry is not None:
+                on_retry(attempt, e)
+            time.sleep(random.uniform(0.5, 1.0) * min(CONFLICT_MAX_S, CONFLICT_BASE_S * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import random
 import signal
 import sys
 import threading
@@ -60,7 +59,6 @@ DEFINITION_PROPERTY = "pipelines.gold.definition"
 METADATA_TAG = "pipelines.gold"
 _PRESENT = G.RESERVED_PREFIX + "present"
 _KEY = G.RESERVED_PREFIX + "k_"
-CONFLICT_RETRIES = 5
 #: Newest gold commits read first when looking for the silver version a table reflects.
 HISTORY_PEEK = 20
 #: How many batch results a GoldJob keeps (its summary counts all of them).
@@ -140,12 +138,6 @@ def silver_version_of(spark: SparkSession, path: str, as_of: int | None = None) 
                    .filter(F.col("userMetadata").contains(METADATA_TAG)).collect()])
 
 
-def _is_conflict(e: BaseException) -> bool:
-    from delta.exceptions import DeltaConcurrentModificationException
-
-    return isinstance(e, DeltaConcurrentModificationException) or "Concurrent" in type(e).__name__
-
-
 def refresh(spark: SparkSession, spec: GoldSpec, keys: DataFrame, silver: DataFrame, metadata: str) -> TableChange:
     """Recompute the groups ``keys`` of ``spec`` from ``silver`` and MERGE them into the gold table.
 
@@ -170,22 +162,19 @@ def refresh(spark: SparkSession, spec: GoldSpec, keys: DataFrame, silver: DataFr
         on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in spec.keys)
         same = " AND ".join(f"t.`{v}` <=> s.`{v}`" for v in spec.values)
         groups = keys.count()
-        for attempt in range(CONFLICT_RETRIES):
+        def merge() -> Any:
             spark.conf.set(writers.USER_METADATA, metadata)
             try:
-                out = (DeltaTable.forPath(spark, spec.path).alias("t").merge(source.alias("s"), on)
-                       .whenMatchedDelete(condition=f"s.{_PRESENT} IS NULL")
-                       .whenMatchedUpdate(condition=f"NOT ({same})", set={v: f"s.`{v}`" for v in spec.values})
-                       .whenNotMatchedInsert(condition=f"s.{_PRESENT}",
-                                             values={c: f"s.`{c}`" for c in (*spec.keys, *spec.values)})
-                       .execute().first())
-                break
-            except Exception as e:
-                if not _is_conflict(e) or attempt == CONFLICT_RETRIES - 1:
-                    raise
-                time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))
+                return (DeltaTable.forPath(spark, spec.path).alias("t").merge(source.alias("s"), on)
+                        .whenMatchedDelete(condition=f"s.{_PRESENT} IS NULL")
+                        .whenMatchedUpdate(condition=f"NOT ({same})", set={v: f"s.`{v}`" for v in spec.values})
+                        .whenNotMatchedInsert(condition=f"s.{_PRESENT}",
+                                              values={c: f"s.`{c}`" for c in (*spec.keys, *spec.values)})
+                        .execute().first())
             finally:
                 spark.conf.unset(writers.USER_METADATA)
+
+        out = writers.retry_on_conflict(merge)
         metrics = out.asDict() if out is not None else {}
         return TableChange(groups, int(metrics.get("num_inserted_rows", 0)), int(metrics.get("num_updated_rows", 0)),
                            int(metrics.get("num_deleted_rows", 0)))

@@ -432,7 +432,14 @@ class IngestJob:
         def task(name: str, write: Callable[[SparkSession], int | None]) -> tuple[int | None, int]:
             t = time.monotonic()
             session = self._session(spark, name)
-            inserted = write(session)
+
+            def retrying(attempt: int, error: BaseException) -> None:
+                print(f"[{self.query_name}] batch {batch_id}: the {name} commit lost a race with a concurrent "
+                      f"writer (attempt {attempt}); trying again", file=sys.stderr, flush=True)
+
+            # Another writer (a backfill, a quarantine replay) may commit to the same table at the
+            # same time: Delta then refuses this commit, which wrote nothing; it is tried again.
+            inserted = writers.retry_on_conflict(lambda: write(session), on_retry=retrying)
             version = writers.table_version(session, self.tables.of(name))
             timings[name] = _ms(t)
             self._fault(spark, fault_after[name], batch_id)
@@ -762,10 +769,12 @@ def _insert_keyed(spark: SparkSession, rows: list[tuple[Any, ...]], schema: Any,
         first.setdefault(tuple(r[names.index(k)] for k in unique or key), r)
     apps = ", ".join(sorted({_sql_str(r[app]) for r in rows}))
     ids = [int(r[batch]) for r in rows]
-    writers.merge_insert_if_absent(
-        spark.createDataFrame(list(first.values()), schema), path, list(key),
+    source = spark.createDataFrame(list(first.values()), schema)
+    # A backfill's audit rows may race the stream's: a refused commit is tried again.
+    writers.retry_on_conflict(lambda: writers.merge_insert_if_absent(
+        source, path, list(key),
         target_predicate=f"t.{S.APP_ID} IN ({apps}) AND t.{S.BATCH_ID} BETWEEN {min(ids)} AND {max(ids)}",
-        session=spark)
+        session=spark))
 
 
 def merge_silver(rows: DataFrame, path: str, *, app_id: str, version: int, target_predicate: str | None,
