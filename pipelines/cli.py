@@ -6,6 +6,7 @@ Commands:
     produce       send a seeded demo stream with duplicates and malformed records
     ingest        run the exactly-once ingest job (streaming, or --available-now)
     gold          keep the gold aggregates exact (streaming, or --available-now); gold rebuild [--table T]
+    backfill      a bounded Kafka range (--from/--to or --offsets) through the batch path, exactly once; backfill status
     verify        reconcile the topic with the tables, and gold with silver; exit 1 on any discrepancy
     quality       docs: build Great Expectations Data Docs; check --table T: validate a whole table
     migrate       evolve existing tables to a changed event contract (safe changes only)
@@ -28,6 +29,7 @@ from typing import Any
 from pipelines import paths
 from pipelines.config import Config, load_config
 from pipelines.errors import PipelineError
+from pipelines.jobs.backfill import add_range_arguments
 
 DEFAULT_CONF = "conf/local.yaml"
 
@@ -77,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--available-now", action="store_true", help="catch up with silver, then exit")
     g.add_argument("--table", action="append", help="with rebuild: only this table (repeatable; default: all)")
     g.add_argument("--show", type=int, default=0, metavar="N", help="after catching up, print N rows of each table")
+
+    bf = sub.add_parser("backfill", help="read a bounded Kafka range as a batch job, in chunks, through the "
+                        "stream's batch path into the same tables (exactly once; resumable; safe beside the "
+                        "live stream); `backfill status` shows the ledger",
+                        description="Backfill a Kafka range into bronze/quarantine/silver exactly once. Give "
+                        "--from/--to (record timestamps) or --offsets. The same range run again adds nothing; a "
+                        "killed run, started again, skips its finished chunks.")
+    bf.add_argument("action", nargs="?", choices=["status"], help="status: one line per run from the ledger")
+    add_range_arguments(bf)
 
     v = sub.add_parser("verify", help="reconcile the topic with bronze/quarantine/silver, and gold with silver")
     v.add_argument("--ledger", action="store_true", help="also check the producer ledgers of the topic")
@@ -266,6 +277,24 @@ def _verify(cfg: Config, spark: Any, ledger: bool) -> Any:
         for topic in cfg.kafka.topics:
             files += sorted(_ledger_dir(cfg, topic).glob("*.jsonl"))
     return verify(spark, cfg, ledger_files=files or None)
+
+
+def cmd_backfill(cfg: Config, args: argparse.Namespace) -> int:
+    """``backfill`` and ``backfill status``."""
+    from pipelines.jobs.backfill import ledger_rows, range_arguments, run_backfill, status_table
+    from pipelines.session import build_session
+
+    if args.action == "status":
+        if args.start or args.end or args.offsets or args.chunk_records:
+            raise PipelineError("`backfill status` takes no range options")
+        spark = build_session(cfg)
+        print(status_table(ledger_rows(spark, cfg.table_path("backfills"))))
+        return 0
+    kwargs = range_arguments(args)  # checked before Spark starts
+    spark = build_session(cfg)
+    summary = run_backfill(spark, cfg, **kwargs)
+    print(json.dumps(summary.as_dict(), indent=2))
+    return 0
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
@@ -502,7 +531,7 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
-    "verify": cmd_verify, "gold": cmd_gold,
+    "verify": cmd_verify, "gold": cmd_gold, "backfill": cmd_backfill,
     "migrate": cmd_migrate, "rebind": cmd_rebind, "demo": cmd_demo, "spark-args": cmd_spark_args,
     "submit": cmd_submit, "chaos": cmd_chaos, "quality": cmd_quality,
 }

@@ -146,6 +146,8 @@ class TablesConfig:
     audit: str = "audit"
     #: Per-batch data-quality results: one row per batch, suite and expectation.
     quality: str = "quality"
+    #: The backfill ledger: one row per backfill run and chunk.
+    backfills: str = "backfills"
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,16 @@ class GoldConfig:
 
 
 @dataclass(frozen=True)
+class BackfillConfig:
+    """Bounded batch backfills through the stream's batch path (``backfill``)."""
+
+    #: Records per chunk: one transaction per table per chunk, the unit a killed run redoes.
+    chunk_records: int = 100_000
+    #: Print a progress bar (rows, rate, ETA).
+    progress: bool = True
+
+
+@dataclass(frozen=True)
 class ProducerConfig:
     """Defaults of ``produce``, the seeded demo/load generator."""
 
@@ -269,6 +281,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     gold: GoldConfig = field(default_factory=GoldConfig)
+    backfill: BackfillConfig = field(default_factory=BackfillConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     #: The files this config was read from, for messages.
     sources: tuple[str, ...] = ()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -56,16 +57,7 @@ def describe_source(spark: SparkSession, cfg: Config, timeout_s: float = 30.0) -
         BrokerError: the brokers do not answer, or a configured topic does not exist.
 
     """
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    props = jvm.java.util.Properties()
-    for key, value in source_options(cfg, streaming=False).items():
-        if key.startswith("kafka.") and key != "kafka.isolation.level":
-            props.setProperty(key[len("kafka."):], value)
-    props.setProperty("request.timeout.ms", str(int(timeout_s * 1000)))
-    props.setProperty("default.api.timeout.ms", str(int(timeout_s * 1000)))
-    unit = jvm.java.util.concurrent.TimeUnit.MILLISECONDS
-    admin = jvm.org.apache.kafka.clients.admin.AdminClient.create(props)
+    jvm, admin, unit = _admin(spark, cfg, timeout_s)
     try:
         try:
             cluster = str(admin.describeCluster().clusterId().get(int(timeout_s * 1000), unit))
@@ -85,6 +77,75 @@ def describe_source(spark: SparkSession, cfg: Config, timeout_s: float = 30.0) -
     finally:
         admin.close()
     return SourceIdentity(cluster, topics)
+
+
+def _admin(spark: SparkSession, cfg: Config, timeout_s: float) -> tuple[Any, Any, Any]:
+    """(the JVM, a Kafka ``AdminClient`` with the job's connection options, milliseconds)."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    props = jvm.java.util.Properties()
+    for key, value in source_options(cfg, streaming=False).items():
+        if key.startswith("kafka.") and key != "kafka.isolation.level":
+            props.setProperty(key[len("kafka."):], value)
+    props.setProperty("request.timeout.ms", str(int(timeout_s * 1000)))
+    props.setProperty("default.api.timeout.ms", str(int(timeout_s * 1000)))
+    return jvm, jvm.org.apache.kafka.clients.admin.AdminClient.create(props), \
+        jvm.java.util.concurrent.TimeUnit.MILLISECONDS
+
+
+def list_offsets(spark: SparkSession, cfg: Config, at: str | int,
+                 timeout_s: float = 30.0) -> dict[str, dict[int, int]]:
+    """Per topic of ``cfg`` and partition: the offset ``at`` (earliest, latest, or a time).
+
+    For a timestamp (epoch milliseconds): the first offset whose record timestamp is at or after it
+    (the latest offset if there is none), asked with the job's isolation level (read_committed:
+    the latest offset is the last stable one, so no open transaction is waited for).
+
+    Raises:
+        BrokerError: the brokers do not answer, or a topic does not exist.
+
+    """
+    jvm, admin, unit = _admin(spark, cfg, timeout_s)
+    ms = int(timeout_s * 1000)
+    kafka = jvm.org.apache.kafka
+    try:
+        names = jvm.java.util.ArrayList()
+        for t in cfg.kafka.topics:
+            names.add(t)
+        try:
+            described = admin.describeTopics(names).allTopicNames().get(ms, unit)
+        except Exception as e:
+            raise BrokerError(f"topic(s) {', '.join(cfg.kafka.topics)} not readable on {cfg.kafka.bootstrap_servers}: "
+                              f"{_first_line(e)}", hint="is the broker up and kafka.topics right?") from e
+        level = (kafka.common.IsolationLevel.READ_COMMITTED if cfg.kafka.isolation_level == "read_committed"
+                 else kafka.common.IsolationLevel.READ_UNCOMMITTED)
+        options = kafka.clients.admin.ListOffsetsOptions(level)
+
+        def ask(spec: Any) -> dict[tuple[str, int], int]:
+            wanted = jvm.java.util.HashMap()
+            parts = []
+            for t in cfg.kafka.topics:
+                for info in described.get(t).partitions():
+                    tp = kafka.common.TopicPartition(t, int(info.partition()))
+                    wanted.put(tp, spec)
+                    parts.append((t, int(info.partition()), tp))
+            try:
+                got = admin.listOffsets(wanted, options).all().get(ms, unit)
+            except Exception as e:
+                raise BrokerError(f"cannot list offsets on {cfg.kafka.bootstrap_servers}: {_first_line(e)}",
+                                  hint="is the broker up?") from e
+            return {(t, p): int(got.get(tp).offset()) for t, p, tp in parts}
+
+        specs = kafka.clients.admin.OffsetSpec
+        latest = ask(specs.latest())
+        found = (ask(specs.earliest()) if at == "earliest" else latest if at == "latest"
+                 else ask(specs.forTimestamp(int(at))))
+        out: dict[str, dict[int, int]] = {}
+        for (t, p), offset in found.items():
+            out.setdefault(t, {})[p] = latest[(t, p)] if offset < 0 else offset  # -1: no record that late
+        return out
+    finally:
+        admin.close()
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,0 +1,439 @@
+"""Bounded batch backfills of a Kafka range, through the stream's own batch path.
+
+A backfill reads a bounded range of the topic (by record timestamps, ``--from``/``--to``, or by
+explicit per-partition offsets) as a batch job, in chunks of at most ``backfill.chunk_records``
+records, and hands each chunk to :meth:`IngestJob.process_batch`: the same parse, quarantine
+rules, quality suite, in-batch dedupe and insert-if-absent MERGEs into the same bronze,
+quarantine, silver, audit and quality tables as the stream. So a backfill is idempotent by
+construction, whatever it overlaps:
+
+- bronze is keyed on the Kafka coordinates, quarantine too, silver on ``message_id``: a record
+  the stream (or an earlier backfill) already wrote is not written again;
+- each chunk is one transaction per table under the run's own transaction identity
+  (app id ``backfill-<hash of the range>``, batch id = chunk number): a chunk that committed is
+  skipped by Delta if it runs again, and checked against its commit (same offsets, same contract)
+  like a re-run stream batch;
+- the ledger (the ``backfills`` table) gets one row per run and chunk when the chunk has
+  committed everywhere: a run started again skips the chunks its ledger says are done (a killed
+  run redoes at most the chunk it was in), and a completed range run again adds nothing and
+  says so.
+
+Concurrency with the live stream: both MERGE into the same tables; Delta refuses the later of
+two conflicting commits, and both sides try a refused write again (bounded, jittered waits:
+:func:`pipelines.io.writers.retry_on_conflict`), which is safe because a refused commit wrote
+nothing and the writes are keyed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipelines.config import Config, load_config
+from pipelines.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from pipelines.jobs.ingest import BatchResult, IngestJob
+
+#: topic -> partition -> [first offset, end offset) (the end excluded, as Spark's endingOffsets).
+Ranges = dict[str, dict[int, tuple[int, int]]]
+
+DONE = "done"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One bounded piece of a backfill: a transaction per table."""
+
+    index: int
+    ranges: Ranges
+
+    @property
+    def records(self) -> int:
+        """Offsets covered (records, less the gaps transaction markers leave)."""
+        return sum(end - start for parts in self.ranges.values() for start, end in parts.values())
+
+    def as_json(self) -> str:
+        """``{"topic": {"partition": [start, end]}}``, for the ledger."""
+        return json.dumps({t: {str(p): list(r) for p, r in sorted(parts.items())}
+                           for t, parts in sorted(self.ranges.items())}, sort_keys=True)
+
+
+def plan_chunks(ranges: Ranges, chunk_records: int) -> list[Chunk]:
+    """Split ``ranges`` into chunks of at most ``chunk_records`` offsets.
+
+    Every chunk takes the same share of each partition's range (so each chunk spans all
+    partitions, like a stream batch), and the chunks cover the ranges exactly, without overlap,
+    in offset order. Pure and deterministic: the same ranges give the same chunks, which is what
+    lets a run started again recognise its finished chunks.
+    """
+    if chunk_records < 1:
+        raise ValueError(f"chunk_records must be >= 1, got {chunk_records}")
+    live = {(t, p): (s, e) for t, parts in ranges.items() for p, (s, e) in parts.items() if e > s}
+    total = sum(e - s for s, e in live.values())
+    if not total:
+        return []
+    n = math.ceil(total / chunk_records)
+    # Each partition's range in n contiguous steps of floor(size / n) offsets; the remainders go
+    # one offset at a time to the chunks round-robin (a cursor shared by all partitions), so
+    # every chunk holds floor(total / n) or ceil(total / n) <= chunk_records offsets.
+    chunks: list[Ranges] = [{} for _ in range(n)]
+    cursor = 0
+    for (t, p), (s, e) in sorted(live.items()):
+        base, extra = divmod(e - s, n)
+        gets_extra = {(cursor + k) % n for k in range(extra)}
+        cursor = (cursor + extra) % n
+        pos = s
+        for i in range(n):
+            step = base + (1 if i in gets_extra else 0)
+            if step:
+                chunks[i].setdefault(t, {})[p] = (pos, pos + step)
+                pos += step
+    return [Chunk(i, c) for i, c in enumerate(chunks)]
+
+
+def parse_offsets(text: str) -> Ranges:
+    """``{"topic": {"0": [start, end], ...}}`` (end excluded) -> :data:`Ranges`.
+
+    Raises:
+        PipelineError: not that shape, or an end before its start.
+
+    """
+    try:
+        raw = json.loads(text)
+        ranges = {str(t): {int(p): (int(r[0]), int(r[1])) for p, r in parts.items()} for t, parts in raw.items()}
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise PipelineError(f"--offsets is not valid: {e}",
+                            hint='give JSON like {"events": {"0": [0, 5000], "1": [0, 5000]}} '
+                                 "(per topic and partition: first offset, end offset excluded)") from e
+    bad = [f"{t}/{p}: {s}..{e}" for t, parts in ranges.items() for p, (s, e) in parts.items() if s < 0 or e < s]
+    if bad:
+        raise PipelineError(f"--offsets has ranges that end before they start: {', '.join(bad)}",
+                            hint="each range is [first offset, end offset), end >= first >= 0")
+    return ranges
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO-8601 time (``2026-12-01``, ``2026-12-01T10:00:00Z``); no zone means UTC."""
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError as e:
+        raise PipelineError(f"not an ISO-8601 time: {text!r}", hint="e.g. 2026-12-01 or 2026-12-01T10:00:00Z") from e
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _ms(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def resolve_kafka_range(spark: SparkSession, cfg: Config, *, start: dt.datetime | None = None,
+                        end: dt.datetime | None = None, offsets: Ranges | None = None) -> Ranges:
+    """The offsets to read, checked against what the topic holds.
+
+    From record timestamps (``start`` included, ``end`` excluded; an open side means the
+    earliest / the latest stable offset now), or explicit ``offsets``.
+
+    Raises:
+        PipelineError: both or neither of times and offsets; an unknown topic or partition; a
+            range the topic no longer (retention) or not yet holds.
+
+    """
+    from pipelines.io.binding import list_offsets
+
+    if offsets is not None and (start or end):
+        raise PipelineError("give either --from/--to or --offsets, not both")
+    earliest = list_offsets(spark, cfg, "earliest")
+    latest = list_offsets(spark, cfg, "latest")
+    if offsets is None:
+        lo = earliest if start is None else list_offsets(spark, cfg, _ms(start))
+        hi = latest if end is None else list_offsets(spark, cfg, _ms(end))
+        return {t: {p: (lo[t][p], max(lo[t][p], hi[t][p])) for p in parts} for t, parts in latest.items()}
+    problems = []
+    for t, parts in offsets.items():
+        if t not in latest:
+            problems.append(f"topic {t} is not in kafka.topics ({', '.join(cfg.kafka.topics)})")
+            continue
+        for p, (s, e) in parts.items():
+            if p not in latest[t]:
+                problems.append(f"{t} has no partition {p}")
+            elif e > s and s < earliest[t][p]:
+                problems.append(f"{t}/{p} starts at {s}, but the topic holds offsets from {earliest[t][p]} on "
+                                "(retention removed the rest)")
+            elif e > latest[t][p]:
+                problems.append(f"{t}/{p} ends at {e}, but the topic's latest stable offset is {latest[t][p]}")
+    if problems:
+        raise PipelineError("cannot backfill these offsets: " + "; ".join(problems),
+                            hint="records older than retention: backfill them from archived files; "
+                                 "records not written yet: wait, or end the range earlier")
+    return offsets
+
+
+def run_id_of(ranges: Ranges) -> str:
+    """``backfill-<hash>`` of the ranges: the same range is the same run (and transaction app id)."""
+    canon = json.dumps({t: {str(p): list(r) for p, r in sorted(parts.items()) if r[1] > r[0]}
+                        for t, parts in sorted(ranges.items())}, sort_keys=True)
+    return "backfill-" + hashlib.sha256(f"kafka:{canon}".encode()).hexdigest()[:16]
+
+
+def read_chunk(spark: SparkSession, cfg: Config, chunk: Chunk) -> DataFrame:
+    """The chunk's records as the stream sees them (same columns, headers, isolation level)."""
+    from pipelines.io.kafka_source import source_options
+
+    opts = source_options(cfg, streaming=False)
+    del opts["subscribe"]
+    opts["assign"] = json.dumps({t: sorted(parts) for t, parts in chunk.ranges.items()})
+    opts["startingOffsets"] = json.dumps({t: {str(p): r[0] for p, r in parts.items()}
+                                          for t, parts in chunk.ranges.items()})
+    opts["endingOffsets"] = json.dumps({t: {str(p): r[1] for p, r in parts.items()}
+                                        for t, parts in chunk.ranges.items()})
+    return spark.read.format("kafka").options(**opts).load()
+
+
+# ---- the ledger -------------------------------------------------------------------------------
+def ledger_schema() -> Any:
+    """One row per backfill run and chunk."""
+    from pyspark.sql import types as T
+
+    long = T.LongType()
+    return T.StructType([
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("chunk", T.IntegerType(), False),
+        T.StructField("source", T.StringType(), False),
+        T.StructField("ranges", T.StringType(), False),
+        T.StructField("status", T.StringType(), False),
+        T.StructField("rows_read", long), T.StructField("bronze_inserted", long),
+        T.StructField("quarantined", long), T.StructField("silver_inserted", long),
+        T.StructField("duplicates_in_batch", long), T.StructField("duplicates_in_table", long),
+        T.StructField("table_versions", T.MapType(T.StringType(), long)),
+        T.StructField("started_at", T.TimestampType()), T.StructField("finished_at", T.TimestampType()),
+        T.StructField("attempts", T.IntegerType()),
+        T.StructField("error", T.StringType()),
+    ])
+
+
+def ensure_ledger(spark: SparkSession, path: str) -> None:
+    """Create the ledger table if absent."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        DeltaTable.createIfNotExists(spark).location(path).addColumns(ledger_schema()).execute()
+
+
+def ledger_rows(spark: SparkSession, path: str, run_id: str | None = None) -> list[Any]:
+    """The ledger's rows (of one run), by run and chunk."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return []
+    df = spark.read.format("delta").load(path)
+    if run_id is not None:
+        df = df.filter(F.col("run_id") == run_id)
+    return df.orderBy(F.col("started_at").desc_nulls_last(), "run_id", "chunk").collect()
+
+
+def _record(spark: SparkSession, path: str, row: tuple[Any, ...]) -> None:
+    """Upsert the ledger row of (run, chunk); a ``done`` row is never replaced by a failure."""
+    from delta.tables import DeltaTable
+
+    from pipelines.io import writers
+
+    source = spark.createDataFrame([row], ledger_schema())
+    cols = ledger_schema().fieldNames()
+
+    def upsert() -> None:
+        (DeltaTable.forPath(spark, path).alias("t")
+         .merge(source.alias("s"), "t.run_id = s.run_id AND t.chunk = s.chunk")
+         .whenMatchedUpdate(condition=f"t.status <> '{DONE}'", set={c: f"s.{c}" for c in cols})
+         .whenNotMatchedInsertAll().execute())
+
+    writers.retry_on_conflict(upsert)
+
+
+# ---- the run ----------------------------------------------------------------------------------
+@dataclass
+class BackfillSummary:
+    """What one ``run_backfill`` call did."""
+
+    run_id: str
+    chunks: int = 0
+    #: Chunks the ledger already had as done (skipped without reading).
+    chunks_done_before: int = 0
+    chunks_run: int = 0
+    records: int = 0
+    rows_read: int = 0
+    bronze_inserted: int = 0
+    quarantined: int = 0
+    silver_inserted: int = 0
+    duplicates_in_batch: int = 0
+    duplicates_in_table: int = 0
+    seconds: float = 0.0
+    ranges: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for JSON)."""
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line for people."""
+        if self.chunks and self.chunks_done_before == self.chunks:
+            return (f"[backfill] {self.run_id}: all {self.chunks} chunks were done before; this run added nothing")
+        added = self.bronze_inserted + self.quarantined + self.silver_inserted
+        return (f"[backfill] {self.run_id}: {self.chunks_run} chunks run ({self.chunks_done_before} done before), "
+                f"read {self.rows_read} | bronze +{self.bronze_inserted} | quarantined +{self.quarantined} | "
+                f"silver +{self.silver_inserted} | dups in batch {self.duplicates_in_batch} | dups vs table "
+                f"{self.duplicates_in_table}" + ("" if added else " | added nothing: every record was there")
+                + f" | {self.seconds:.1f}s")
+
+
+def run_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None = None,
+                 end: dt.datetime | None = None, offsets: Ranges | None = None, chunk_records: int | None = None,
+                 job: IngestJob | None = None, out: Callable[[str], None] | None = print,
+                 on_chunk: Callable[[Chunk, BatchResult], None] | None = None) -> BackfillSummary:
+    """Backfill a Kafka range (see the module docstring); returns what it did.
+
+    Raises:
+        PipelineError: a bad range, a source the tables do not belong to, or a chunk refused
+            (e.g. committed before under another event contract).
+
+    """
+    from tqdm import tqdm
+
+    from pipelines.domain.schema import EventSpec
+    from pipelines.io import writers
+    from pipelines.io.binding import check_source
+    from pipelines.io.tables import TablePaths, ensure_tables
+    from pipelines.jobs.ingest import IngestJob
+
+    t0 = time.monotonic()
+    ranges = resolve_kafka_range(spark, cfg, start=start, end=end, offsets=offsets)
+    size = chunk_records or cfg.backfill.chunk_records
+    if size < 1:
+        raise PipelineError(f"backfill.chunk_records must be >= 1, got {size}")
+    chunks = plan_chunks(ranges, size)
+    run_id = run_id_of(ranges)
+    summary = BackfillSummary(run_id, chunks=len(chunks), records=sum(c.records for c in chunks),
+                              ranges=json.loads(Chunk(-1, ranges).as_json()))
+    tables = TablePaths.from_config(cfg)
+    source = check_source(spark, cfg, tables.bronze)
+    ensure_tables(spark, tables, EventSpec.from_config(cfg.events))
+    ledger = cfg.table_path("backfills")
+    ensure_ledger(spark, ledger)
+    done = {r["chunk"] for r in ledger_rows(spark, ledger, run_id) if r["status"] == DONE}
+    summary.chunks_done_before = len(done & {c.index for c in chunks})
+    job = job or IngestJob.from_config(cfg, app_id=run_id, out=None)
+    if job.app_id(spark) != run_id:
+        raise ValueError(f"the job's app id must be the run id {run_id}, got {job.app_id(spark)}")
+    job.topic_ids = source.topics
+    todo = [c for c in chunks if c.index not in done]
+    bar = tqdm(total=sum(c.records for c in todo), unit="rec", unit_scale=True, desc=run_id, file=sys.stderr,
+               disable=not cfg.backfill.progress or out is None, dynamic_ncols=True)
+    try:
+        for chunk in todo:
+            started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            try:
+                res = job.process_batch(read_chunk(spark, cfg, chunk), chunk.index)
+            except Exception as e:
+                _record(spark, ledger, (run_id, chunk.index, "kafka", chunk.as_json(), FAILED, None, None, None, None,
+                                        None, None, None, started, dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                                        1, str(e)[:2000]))
+                raise
+            versions = {name: writers.table_version(spark, tables.of(name))
+                        for name in ("bronze", "quarantine", "silver")}
+            _record(spark, ledger, (run_id, chunk.index, "kafka", chunk.as_json(), DONE, res.rows_read,
+                                    res.bronze_inserted or 0, res.quarantined or 0, res.silver_inserted or 0,
+                                    res.duplicates_in_batch, res.duplicates_in_table or 0, versions, started,
+                                    dt.datetime.now(dt.UTC).replace(tzinfo=None), 1, None))
+            summary.chunks_run += 1
+            summary.rows_read += res.rows_read
+            summary.bronze_inserted += res.bronze_inserted or 0
+            summary.quarantined += res.quarantined or 0
+            summary.silver_inserted += res.silver_inserted or 0
+            summary.duplicates_in_batch += res.duplicates_in_batch
+            summary.duplicates_in_table += res.duplicates_in_table or 0
+            bar.update(chunk.records)
+            bar.set_postfix(silver=summary.silver_inserted, chunk=f"{chunk.index + 1}/{len(chunks)}")
+            if on_chunk is not None:
+                on_chunk(chunk, res)
+    finally:
+        bar.close()
+    summary.seconds = time.monotonic() - t0
+    if out is not None:
+        out(summary.line())
+    return summary
+
+
+def status_table(rows: list[Any], limit: int = 50) -> str:
+    """The ledger as a table for people: one line per run (chunks done / failed, counts)."""
+    from tabulate import tabulate
+
+    runs: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        run = runs.setdefault(r["run_id"], {"run": r["run_id"], "chunks done": 0, "failed": 0, "read": 0,
+                                            "silver +": 0, "quarantined +": 0, "bronze +": 0, "started": None,
+                                            "finished": None, "last error": ""})
+        if r["status"] == DONE:
+            run["chunks done"] += 1
+            run["read"] += r["rows_read"] or 0
+            run["silver +"] += r["silver_inserted"] or 0
+            run["quarantined +"] += r["quarantined"] or 0
+            run["bronze +"] += r["bronze_inserted"] or 0
+        else:
+            run["failed"] += 1
+            run["last error"] = (r["error"] or "")[:60]
+        for k, col, pick in (("started", "started_at", min), ("finished", "finished_at", max)):
+            if r[col] is not None:
+                run[k] = r[col] if run[k] is None else pick(run[k], r[col])
+    table = list(runs.values())[:limit]
+    return tabulate(table, headers="keys") if table else "no backfills recorded yet"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``spark-submit pipelines/jobs/backfill.py --conf conf/local.yaml --from ... --to ...``."""
+    p = argparse.ArgumentParser(prog="backfill", description="Backfill a Kafka range, exactly once, into the "
+                                "tables the stream writes (see `python -m pipelines backfill --help`).")
+    p.add_argument("--conf", default="conf/local.yaml", help="environment config file (default: %(default)s)")
+    add_range_arguments(p)
+    args = p.parse_args(argv)
+    from pipelines.session import build_session
+
+    cfg = load_config(args.conf)
+    spark = build_session(cfg)
+    summary = run_backfill(spark, cfg, **range_arguments(args))
+    print(json.dumps(summary.as_dict()))
+    return 0
+
+
+def add_range_arguments(p: argparse.ArgumentParser) -> None:
+    """The range options, shared by the CLI and the job file."""
+    p.add_argument("--from", dest="start", metavar="TIME", help="first record timestamp (ISO-8601, UTC unless a "
+                   "zone is given; default: the earliest record)")
+    p.add_argument("--to", dest="end", metavar="TIME", help="records before this timestamp (excluded; default: "
+                   "the latest stable offset now)")
+    p.add_argument("--offsets", metavar="JSON", help='explicit ranges instead: {"topic": {"partition": '
+                   '[first, end)}}, end excluded')
+    p.add_argument("--chunk-records", type=int, metavar="N", help="records per chunk (default: "
+                   "backfill.chunk_records)")
+
+
+def range_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """``run_backfill`` keyword arguments from the parsed range options."""
+    return {"start": parse_time(args.start) if args.start else None,
+            "end": parse_time(args.end) if args.end else None,
+            "offsets": parse_offsets(args.offsets) if args.offsets else None,
+            "chunk_records": args.chunk_records}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

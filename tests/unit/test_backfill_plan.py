@@ -1,0 +1,77 @@
+"""Backfill planning: chunks cover a range exactly, within the size, deterministically (no Spark)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+
+from pipelines.errors import PipelineError
+from pipelines.jobs.backfill import Chunk, parse_offsets, parse_time, plan_chunks, run_id_of
+
+
+def covered(chunks: list[Chunk]) -> dict[tuple[str, int], list[tuple[int, int]]]:
+    out: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for c in chunks:
+        for t, parts in c.ranges.items():
+            for p, r in parts.items():
+                out.setdefault((t, p), []).append(r)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_chunks_cover_each_partition_exactly_in_order_and_within_the_size(seed):
+    rng = random.Random(seed)
+    ranges = {f"t{k}": {p: (s := rng.randint(0, 1000), s + rng.choice([0, 1, 2, rng.randint(0, 5000)]))
+                        for p in range(rng.randint(1, 6))} for k in range(rng.randint(1, 2))}
+    size = rng.choice([1, 3, 7, 100, 999, 10_000])
+    chunks = plan_chunks(ranges, size)
+    total = sum(e - s for parts in ranges.values() for s, e in parts.values())
+    assert sum(c.records for c in chunks) == total
+    assert all(0 < c.records <= size for c in chunks)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert len(chunks) == -(-total // size)  # as few chunks as the size allows
+    got = covered(chunks)
+    for t, parts in ranges.items():
+        for p, (s, e) in parts.items():
+            pieces = got.get((t, p), [])
+            if e == s:
+                assert not pieces
+                continue
+            # Contiguous, in chunk order, from the first offset to the end.
+            assert pieces[0][0] == s and pieces[-1][1] == e
+            assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:], strict=False))
+    assert plan_chunks(ranges, size) == chunks  # deterministic: a restarted run finds the same chunks
+
+
+def test_every_chunk_spans_the_partitions_when_each_has_enough():
+    chunks = plan_chunks({"e": {0: (0, 1000), 1: (500, 1500), 2: (0, 1000)}}, 300)
+    assert len(chunks) == 10 and all(set(c.ranges["e"]) == {0, 1, 2} for c in chunks)
+    assert chunks[0].ranges["e"][1] == (500, 600)
+
+
+def test_a_bad_size_and_an_empty_range():
+    with pytest.raises(ValueError, match="chunk_records"):
+        plan_chunks({"e": {0: (0, 10)}}, 0)
+    assert plan_chunks({"e": {0: (7, 7)}}, 10) == []
+
+
+def test_run_id_follows_the_range_not_empty_partitions_or_order():
+    a = run_id_of({"e": {0: (0, 10), 1: (3, 3)}})
+    assert a == run_id_of({"e": {0: (0, 10)}}) and a.startswith("backfill-")
+    assert a != run_id_of({"e": {0: (0, 11)}})
+
+
+def test_offsets_and_times_parse_or_fail_clearly():
+    assert parse_offsets('{"e": {"0": [1, 5], "2": [0, 0]}}') == {"e": {0: (1, 5), 2: (0, 0)}}
+    for bad in ('{"e": [1, 2]}', "not json", '{"e": {"x": [1, 2]}}', '{"e": {"0": [1]}}'):
+        with pytest.raises(PipelineError, match="--offsets is not valid"):
+            parse_offsets(bad)
+    with pytest.raises(PipelineError, match="end before they start: e/0: 5..2"):
+        parse_offsets('{"e": {"0": [5, 2]}}')
+    assert parse_time("2026-12-01") == dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    assert parse_time("2026-12-01T10:00:00Z") == dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
+    assert parse_time("2026-12-01T11:00:00+01:00") == dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
+    with pytest.raises(PipelineError, match="not an ISO-8601 time"):
+        parse_time("yesterday")
