@@ -28,12 +28,14 @@ TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 _METADATA_TAG = "pipelines.batch"
 #: How often a write that lost a race with a concurrent commit is tried again (see :func:`retry_on_conflict`).
-CONFLICT_RETRIES = 8
+CONFLICT_RETRIES = 12
 #: Its waits grow from this (seconds, jittered) ...
 CONFLICT_BASE_S = 0.2
 #: ... up to this.
 CONFLICT_MAX_S = 5.0
 _T = TypeVar("_T")
+#: Retries made by :func:`retry_on_conflict` in this process, by nobody's reset (for metrics and tests).
+conflict_retries_total = 0
 
 
 def batch_metadata(app_id: str, batch_id: int, offsets: dict[str, Any], **facts: Any) -> str:
@@ -204,9 +206,16 @@ def table_version(spark: SparkSession, path: str) -> int:
 
 def is_conflict(e: BaseException) -> bool:
     """Delta refused a commit because another commit (a concurrent writer) came first."""
-    from delta.exceptions import DeltaConcurrentModificationException
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+    )
 
-    if isinstance(e, DeltaConcurrentModificationException) or "Concurrent" in type(e).__name__:
+    if isinstance(e, ConcurrentAppendException | ConcurrentDeleteReadException | ConcurrentDeleteDeleteException
+                  | ConcurrentTransactionException | ConcurrentWriteException) or "Concurrent" in type(e).__name__:
         return True
     text = str(e)
     return "io.delta.exceptions.Concurrent" in text or "DELTA_CONCURRENT_" in text
@@ -228,6 +237,8 @@ def retry_on_conflict(write: Callable[[], _T], *, retries: int = CONFLICT_RETRIE
         except Exception as e:
             if attempt == retries or not is_conflict(e):
                 raise
+            global conflict_retries_total
+            conflict_retries_total += 1
             if on_retry is not None:
                 on_retry(attempt, e)
             time.sleep(random.uniform(0.5, 1.0) * min(CONFLICT_MAX_S, CONFLICT_BASE_S * 2 ** (attempt - 1)))

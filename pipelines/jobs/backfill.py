@@ -33,7 +33,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,11 @@ Ranges = dict[str, dict[int, tuple[int, int]]]
 
 DONE = "done"
 FAILED = "failed"
+#: App ids of backfill runs start with this (the stream leaves their chunks' audit rows to them).
+APP_PREFIX = "backfill-"
+#: A backfill chunk's MERGE is long and the live stream commits often: it may lose several races
+#: in a row before it wins one, so it is more patient than a stream batch.
+CONFLICT_RETRIES = 30
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,10 @@ def resolve_kafka_range(spark: SparkSession, cfg: Config, *, start: dt.datetime 
 
     if offsets is not None and (start or end):
         raise PipelineError("give either --from/--to or --offsets, not both")
+    if end is not None and end > dt.datetime.now(dt.UTC):
+        raise PipelineError(f"--to {end.isoformat()} is in the future: records up to it may still arrive, and a "
+                            "backfill is a bounded range", hint="end the range at a past time, or leave --to out "
+                            "to read up to the latest stable offset now")
     earliest = list_offsets(spark, cfg, "earliest")
     latest = list_offsets(spark, cfg, "latest")
     if offsets is None:
@@ -179,11 +188,16 @@ def resolve_kafka_range(spark: SparkSession, cfg: Config, *, start: dt.datetime 
     return offsets
 
 
-def run_id_of(ranges: Ranges) -> str:
-    """``backfill-<hash>`` of the ranges: the same range is the same run (and transaction app id)."""
-    canon = json.dumps({t: {str(p): list(r) for p, r in sorted(parts.items()) if r[1] > r[0]}
-                        for t, parts in sorted(ranges.items())}, sort_keys=True)
-    return "backfill-" + hashlib.sha256(f"kafka:{canon}".encode()).hexdigest()[:16]
+def run_id_of(ranges: Ranges, chunk_records: int, source: Mapping[str, Any]) -> str:
+    """``backfill-<hash>`` of what a run is; the same run is the same transaction app id.
+
+    What a run is: the source (cluster id, topic ids: a recreated topic is another source), the
+    ranges and the chunk size (which fixes what each chunk number holds).
+    """
+    canon = json.dumps({"source": dict(source), "chunk_records": int(chunk_records),
+                        "ranges": {t: {str(p): list(r) for p, r in sorted(parts.items()) if r[1] > r[0]}
+                                   for t, parts in sorted(ranges.items())}}, sort_keys=True)
+    return APP_PREFIX + hashlib.sha256(f"kafka:{canon}".encode()).hexdigest()[:16]
 
 
 def read_chunk(spark: SparkSession, cfg: Config, chunk: Chunk) -> DataFrame:
@@ -244,7 +258,7 @@ def ledger_rows(spark: SparkSession, path: str, run_id: str | None = None) -> li
 
 
 def _record(spark: SparkSession, path: str, row: tuple[Any, ...]) -> None:
-    """Upsert the ledger row of (run, chunk); a ``done`` row is never replaced by a failure."""
+    """Upsert the ledger row of (run, chunk): a ``done`` row is never replaced; ``attempts`` counts runs."""
     from delta.tables import DeltaTable
 
     from pipelines.io import writers
@@ -255,7 +269,8 @@ def _record(spark: SparkSession, path: str, row: tuple[Any, ...]) -> None:
     def upsert() -> None:
         (DeltaTable.forPath(spark, path).alias("t")
          .merge(source.alias("s"), "t.run_id = s.run_id AND t.chunk = s.chunk")
-         .whenMatchedUpdate(condition=f"t.status <> '{DONE}'", set={c: f"s.{c}" for c in cols})
+         .whenMatchedUpdate(condition=f"t.status <> '{DONE}'",
+                            set={**{c: f"s.{c}" for c in cols}, "attempts": "coalesce(t.attempts, 0) + 1"})
          .whenNotMatchedInsertAll().execute())
 
     writers.retry_on_conflict(upsert)
@@ -317,25 +332,37 @@ def run_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None 
     from pipelines.jobs.ingest import IngestJob
 
     t0 = time.monotonic()
-    ranges = resolve_kafka_range(spark, cfg, start=start, end=end, offsets=offsets)
     size = chunk_records or cfg.backfill.chunk_records
     if size < 1:
         raise PipelineError(f"backfill.chunk_records must be >= 1, got {size}")
+    ranges = resolve_kafka_range(spark, cfg, start=start, end=end, offsets=offsets)
     chunks = plan_chunks(ranges, size)
-    run_id = run_id_of(ranges)
-    summary = BackfillSummary(run_id, chunks=len(chunks), records=sum(c.records for c in chunks),
-                              ranges=json.loads(Chunk(-1, ranges).as_json()))
     tables = TablePaths.from_config(cfg)
     source = check_source(spark, cfg, tables.bronze)
+    run_id = run_id_of(ranges, size, {"cluster_id": source.cluster_id, "topics": source.topics})
+    summary = BackfillSummary(run_id, chunks=len(chunks), records=sum(c.records for c in chunks),
+                              ranges=json.loads(Chunk(-1, ranges).as_json()))
     ensure_tables(spark, tables, EventSpec.from_config(cfg.events))
     ledger = cfg.table_path("backfills")
     ensure_ledger(spark, ledger)
-    done = {r["chunk"] for r in ledger_rows(spark, ledger, run_id) if r["status"] == DONE}
-    summary.chunks_done_before = len(done & {c.index for c in chunks})
+    by_index = {c.index: c for c in chunks}
+    done = set()
+    for r in ledger_rows(spark, ledger, run_id):
+        if r["status"] == DONE:
+            if r["chunk"] not in by_index or r["ranges"] != by_index[r["chunk"]].as_json():
+                raise PipelineError(f"the ledger's chunk {r['chunk']} of run {run_id} covers {r['ranges']}, not what "
+                                    "this run plans for it: refusing to skip or redo it",
+                                    hint=f"inspect the ledger ({ledger}); this should not happen")
+            done.add(r["chunk"])
+    summary.chunks_done_before = len(done)
     job = job or IngestJob.from_config(cfg, app_id=run_id, out=None)
     if job.app_id(spark) != run_id:
         raise ValueError(f"the job's app id must be the run id {run_id}, got {job.app_id(spark)}")
     job.topic_ids = source.topics
+    # A chunk started by a killed run may have committed long ago (the stream writing since): its
+    # replay check reads the tables' whole history, not only their newest commits.
+    job.replay_lookup_recent_only = False
+    job.conflict_retries = CONFLICT_RETRIES
     todo = [c for c in chunks if c.index not in done]
     bar = tqdm(total=sum(c.records for c in todo), unit="rec", unit_scale=True, desc=run_id, file=sys.stderr,
                disable=not cfg.backfill.progress or out is None, dynamic_ncols=True)
@@ -345,9 +372,13 @@ def run_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None 
             try:
                 res = job.process_batch(read_chunk(spark, cfg, chunk), chunk.index)
             except Exception as e:
-                _record(spark, ledger, (run_id, chunk.index, "kafka", chunk.as_json(), FAILED, None, None, None, None,
-                                        None, None, None, started, dt.datetime.now(dt.UTC).replace(tzinfo=None),
-                                        1, str(e)[:2000]))
+                try:
+                    _record(spark, ledger, (run_id, chunk.index, "kafka", chunk.as_json(), FAILED, None, None, None,
+                                            None, None, None, None, started,
+                                            dt.datetime.now(dt.UTC).replace(tzinfo=None), 1, str(e)[:2000]))
+                except Exception as ledger_error:  # the chunk's own error is the one to see
+                    print(f"[backfill] could not record chunk {chunk.index}'s failure in the ledger: {ledger_error}",
+                          file=sys.stderr)
                 raise
             versions = {name: writers.table_version(spark, tables.of(name))
                         for name in ("bronze", "quarantine", "silver")}

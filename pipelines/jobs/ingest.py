@@ -50,6 +50,7 @@ from pipelines.io.binding import check_source, record_source
 from pipelines.io.checkpoint import batch_ids, has_metadata, pending_batch
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
+from pipelines.jobs.backfill import APP_PREFIX as BACKFILL_APP_PREFIX
 from pipelines.quality.batch import BatchQuality, RuleResult, batch_quality, quality_rows
 
 # Session confs of the writes to bronze, quarantine and the audit table. Their per-row work is
@@ -187,6 +188,11 @@ class IngestJob:
         rules = quality.fingerprint if quality is not None else "[]"
         routing = repr(spec) + (rules if rules != "[]" else "")  # no quarantine rules: the contract's id as before
         self.contract_id = hashlib.sha256(routing.encode()).hexdigest()[:16]
+        #: The replay check of a job's first batch reads only the tables' newest commits (where a
+        #: batch Spark re-runs is); a backfill resuming a chunk reads the whole history.
+        self.replay_lookup_recent_only = True
+        #: Attempts of a table write that loses a race with a concurrent commit.
+        self.conflict_retries = writers.CONFLICT_RETRIES
         #: Kafka topic name -> topic id, recorded on every row (set by :func:`start_ingest`).
         self.topic_ids: dict[str, str] = {}
         #: A PipelineError raised inside a batch, kept so that run_ingest can show it as it is.
@@ -351,7 +357,8 @@ class IngestJob:
                 # concurrently, so a table that lacks the batch could otherwise take it under a
                 # new contract while another table's check fails.
                 for name in (BRONZE, QUARANTINE, SILVER):
-                    found = writers.find_batch_commit(spark, self.tables.of(name), app_id, batch_id, recent_only=True)
+                    found = writers.find_batch_commit(spark, self.tables.of(name), app_id, batch_id,
+                                                      recent_only=self.replay_lookup_recent_only)
                     if found is not None:
                         confirmed[name] = self._confirm_replay(spark, name, app_id, batch_id, res.offsets, found)
                 timings["replay_check"] = _ms(t)
@@ -439,7 +446,8 @@ class IngestJob:
 
             # Another writer (a backfill, a quarantine replay) may commit to the same table at the
             # same time: Delta then refuses this commit, which wrote nothing; it is tried again.
-            inserted = writers.retry_on_conflict(lambda: write(session), on_retry=retrying)
+            inserted = writers.retry_on_conflict(lambda: write(session), retries=self.conflict_retries,
+                                                 on_retry=retrying)
             version = writers.table_version(session, self.tables.of(name))
             timings[name] = _ms(t)
             self._fault(spark, fault_after[name], batch_id)
@@ -657,7 +665,10 @@ class IngestJob:
         done = set(committed)
         recovered = []
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        for app_id, batch_id in sorted(k for k in keys - audited if k[0] != current_app_id or k[1] in done):
+        # Not a backfill's chunks: a backfill writes its chunks' audit rows itself, also when it
+        # resumes after a crash, and one may be writing the chunk right now.
+        pending = (k for k in keys - audited if not k[0].startswith(BACKFILL_APP_PREFIX))
+        for app_id, batch_id in sorted(k for k in pending if k[0] != current_app_id or k[1] in done):
             got = {name: c[(app_id, batch_id)] for name, c in commits.items() if (app_id, batch_id) in c}
             first = next(iter(got.values()))
             meta = first.meta

@@ -13,6 +13,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from pipelines.errors import PipelineError
+from pipelines.io import writers
+from pipelines.io.binding import list_offsets
 from pipelines.io.writers import table_version
 from pipelines.jobs.backfill import ledger_rows, run_backfill, status_table
 from pipelines.jobs.ingest import IngestJob, run_ingest
@@ -28,6 +30,10 @@ def send(cfg, n, seed, ledger=None, rate=0.0):
     return produce(cfg.kafka.bootstrap_servers, cfg.kafka.topics[0], n, partitions=3, seed=seed,
                    duplicate_fraction=0.08, malformed_fraction=0.03, late_fraction=0.05, rate=rate,
                    ledger_path=ledger, id_prefix=f"b{seed}", progress=False)
+
+
+def conflict_retries() -> int:
+    return writers.conflict_retries_total
 
 
 def versions(spark, cfg):
@@ -93,23 +99,41 @@ def test_a_killed_backfill_resumes_without_redoing_finished_chunks(spark, make_c
     done = [r["chunk"] for r in ledger_rows(spark, cfg.table_path("backfills")) if r["status"] == "done"]
     assert done == [0]
 
-    job = IngestJob.from_config(cfg, app_id=ledger_rows(spark, cfg.table_path("backfills"))[0]["run_id"], out=None)
+    run_id = ledger_rows(spark, cfg.table_path("backfills"))[0]["run_id"]
+
+    # The stream starts in between (a scheduled run): it must not take the killed chunk for one of
+    # its own abandoned batches and write its audit row from a partial set of commits.
+    streamed = run_ingest(spark, cfg, available_now=True)
+    assert streamed.rows_read == stats.sent
+
+    job = IngestJob.from_config(cfg, app_id=run_id, out=None)
     resumed = run_backfill(spark, cfg, chunk_records=1000, job=job, out=None)
-    assert (resumed.chunks, resumed.chunks_done_before, resumed.chunks_run) == (3, 1, 2)
+    assert (resumed.run_id, resumed.chunks, resumed.chunks_done_before, resumed.chunks_run) == (run_id, 3, 1, 2)
     # Chunk 1 had reached silver: its re-run is skipped there by Delta (same transaction identity)
-    # and checked against the commit; bronze and quarantine take it now.
+    # and checked against the commit.
     assert [r.batch_id for r in job.results] == [1, 2] and job.results[0].replayed
-    report = verify(spark, cfg, ledger_files=[ledger])
+    report = verify(spark, cfg, ledger_files=[ledger])  # audit sums add up to the tables, among others
     assert report.ok, report.table()
     assert report.totals["silver_rows"] == stats.unique_valid and report.totals["bronze_rows"] == stats.sent
-    audit = spark.read.format("delta").load(cfg.table_path("audit"))
-    assert audit.count() == 3 and audit.agg(F.sum("silver_inserted")).first()[0] == stats.unique_valid
+    audit = spark.read.format("delta").load(cfg.table_path("audit")).filter(F.col("app_id") == run_id)
+    assert sorted(r.batch_id for r in audit.collect()) == [0, 1, 2]
+    assert all("recovered" not in r.query_name for r in audit.collect())
+    # A different chunk size is another run (its chunk numbers hold other offsets): it reads the
+    # range again and adds nothing.
+    other = run_backfill(spark, cfg, chunk_records=700, out=None)
+    assert other.run_id != run_id and other.chunks_run == 5 and other.silver_inserted == other.bronze_inserted == 0
+    attempts = {r["chunk"]: r["attempts"] for r in ledger_rows(spark, cfg.table_path("backfills"), run_id)}
+    assert attempts == {0: 1, 1: 1, 2: 1}
 
 
 def test_a_backfill_beside_the_live_stream_stays_exactly_once(spark, make_cfg, tmp_path):
-    cfg = make_cfg(backfill={"progress": False}, kafka={"max_offsets_per_trigger": 500})
+    cfg = make_cfg(backfill={"progress": False}, kafka={"max_offsets_per_trigger": 300})
     ledger = tmp_path / "ledger.jsonl"
-    early = send(cfg, 3000, seed=44, ledger=ledger)  # what the backfill will read
+    early = send(cfg, 3000, seed=44, ledger=ledger)
+    # The backfill takes the second half of these while the stream starts on the first half (and
+    # reaches the second half later): both write the same tables at once, over the same records.
+    ends = list_offsets(spark, cfg, "latest")[cfg.kafka.topics[0]]
+    second_half = {cfg.kafka.topics[0]: {p: (end // 2, end) for p, end in ends.items()}}
     stop, outcome = threading.Event(), {}
     job = IngestJob.from_config(cfg, out=None)
 
@@ -128,17 +152,24 @@ def test_a_backfill_beside_the_live_stream_stays_exactly_once(spark, make_cfg, t
             time.sleep(0.2)
         sender.start()
         # The stream is still working through the same early records while the backfill writes them.
-        backfill = run_backfill(spark, cfg, chunk_records=600, out=None)
+        backfill = run_backfill(spark, cfg, offsets=second_half, chunk_records=500, out=None)
         batches_during = len(job.results)
         sender.join(timeout=120)
-        while (sum(r.rows_read for r in job.results) < early.sent + outcome["late"].sent
+        while (sum(r.rows_read for r in job.results) < early.sent + (outcome["late"].sent if "late" in outcome else 0)
                and time.monotonic() < deadline and runner.is_alive()):
             time.sleep(0.5)
     finally:
         stop.set()
         runner.join(timeout=300)
     assert "error" not in outcome, outcome.get("error")
-    assert backfill.rows_read >= early.sent and len(job.results) > batches_during  # the stream kept going
+    assert "late" in outcome, "the sender thread failed"
+    assert backfill.rows_read == sum(e - e // 2 for e in ends.values())
+    assert len(job.results) > batches_during  # the stream kept going
+    # They overlapped: each wrote some of the early messages, and one found the other's rows.
+    stream_early = sum(r.silver_inserted or 0 for r in job.results[:batches_during])
+    assert backfill.silver_inserted > 0 and stream_early > 0
+    assert backfill.duplicates_in_table + sum(r.duplicates_in_table or 0 for r in job.results) > 0
+    print(f"conflict retries in this process so far: {conflict_retries()}")
     report = verify(spark, cfg, ledger_files=[ledger])
     assert report.ok, report.table()
     assert report.totals["silver_rows"] == early.unique_valid + outcome["late"].unique_valid

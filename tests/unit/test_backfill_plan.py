@@ -57,10 +57,15 @@ def test_a_bad_size_and_an_empty_range():
     assert plan_chunks({"e": {0: (7, 7)}}, 10) == []
 
 
-def test_run_id_follows_the_range_not_empty_partitions_or_order():
-    a = run_id_of({"e": {0: (0, 10), 1: (3, 3)}})
-    assert a == run_id_of({"e": {0: (0, 10)}}) and a.startswith("backfill-")
-    assert a != run_id_of({"e": {0: (0, 11)}})
+def test_run_id_follows_the_source_the_range_and_the_chunk_size():
+    src = {"cluster_id": "c1", "topics": {"e": "id-1"}}
+    a = run_id_of({"e": {0: (0, 10), 1: (3, 3)}}, 100, src)
+    assert a == run_id_of({"e": {0: (0, 10)}}, 100, src) and a.startswith("backfill-")
+    assert a != run_id_of({"e": {0: (0, 11)}}, 100, src)
+    # Another chunk size puts other offsets under the same chunk numbers: another run.
+    assert a != run_id_of({"e": {0: (0, 10)}}, 50, src)
+    # A recreated topic (new id) is another source, even at the same offsets.
+    assert a != run_id_of({"e": {0: (0, 10)}}, 100, {"cluster_id": "c1", "topics": {"e": "id-2"}})
 
 
 def test_offsets_and_times_parse_or_fail_clearly():
