@@ -113,7 +113,8 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
             raise errs[0]
     out = freshness(spark, silver, paths, since)
     batches = [{"changes": r.changes, "groups": sum(t.groups for t in r.tables.values()), "ms": r.duration_ms}
-               for r in _last(gold_job.results, gold_job.summary.batches - first_measured) if r.changes]
+               for r in _last(gold_job.results, gold_job.summary.batches - first_measured)
+               if r.changes and any(t.already is None for t in r.tables.values())]  # not a batch that had nothing to do
     fit: dict[str, float] = {}
     if len(batches) >= 2 and len({b["changes"] for b in batches}) >= 2:
         b, a = np.polyfit([x["changes"] for x in batches], [x["ms"] for x in batches], 1)
