@@ -417,9 +417,9 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
 
         print("[demo] updating the gold aggregates from silver's change feed (available-now) ...", flush=True)
         gold = run_gold(spark, cfg, available_now=True, install_signal_handlers=True)
-        print(f"[demo] gold: {gold.tables_built} tables built from silver, then {gold.changes} silver changes, "
-              f"{gold.groups_recomputed} groups recomputed (+{gold.inserted} ~{gold.updated}) in "
-              f"{gold.seconds:.1f}s", flush=True)
+        built = f"{gold.tables_built} tables built from silver, then " if gold.tables_built else ""
+        print(f"[demo] gold: {built}{gold.changes} silver changes, {gold.groups_recomputed} groups recomputed "
+              f"(+{gold.inserted} ~{gold.updated}) in {gold.seconds:.1f}s", flush=True)
     print("[demo] verifying (topic from earliest vs tables, plus the producer ledger) ...", flush=True)
     report = _verify(cfg, spark, True)
     docs = None
