@@ -101,7 +101,7 @@ def silver_count(spark, cfg) -> int:
 
 def test_gold_is_incremental_idempotent_and_corrects_late_windows(spark, make_cfg):
     cfg = make_cfg(gold={"progress": False, "max_files_per_trigger": 1})
-    produce_events(cfg, 1500, seed=21)
+    produce_events(cfg, 1000, seed=21)
     run_ingest(spark, cfg, available_now=True)
     built = GoldJob.from_config(spark, cfg, out=None)
     run_gold(spark, cfg, available_now=True, job=built)  # a new checkpoint: all built from silver's latest version
@@ -115,7 +115,7 @@ def test_gold_is_incremental_idempotent_and_corrects_late_windows(spark, make_cf
     # Incremental: several silver commits, one silver file per gold batch (a commit's files split
     # across batches); after every batch each table equals the recomputation from silver.
     rows_before = silver_count(spark, cfg)
-    produce_events(cfg, 3000, seed=22)
+    produce_events(cfg, 2000, seed=22)
     run_ingest(spark, cfg, available_now=True)
     first = run_gold(spark, cfg, available_now=True, job=CheckedGoldJob.from_config(spark, cfg, out=None))
     assert first.batches >= 3 and first.changes == silver_count(spark, cfg) - rows_before

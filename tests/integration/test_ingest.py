@@ -356,7 +356,7 @@ def test_stopping_the_query_does_not_cancel_the_deferred_audit_write(spark, make
     class SlowAuditJob(IngestJob):
         def _write_audit_rows(self, session, rows):
             started.set()  # the test stops the query now, while this thread's Spark job runs
-            session.range(0, 3_000_000_000, numPartitions=2).agg(F.sum("id")).collect()
+            session.range(0, 250_000_000, numPartitions=2).agg(F.sum("id")).collect()
             super()._write_audit_rows(session, rows)
 
     cfg = make_cfg()
