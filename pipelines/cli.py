@@ -6,7 +6,9 @@ Commands:
     produce       send a seeded demo stream with duplicates and malformed records
     ingest        run the exactly-once ingest job (streaming, or --available-now)
     gold          keep the gold aggregates exact (streaming, or --available-now); gold rebuild [--table T]
-    backfill      a bounded Kafka range (--from/--to or --offsets) through the batch path, exactly once; backfill status
+    backfill      a bounded Kafka range (--from/--to or --offsets), archived files (--files) or bronze (--bronze)
+                  through the batch path, exactly once; backfill status
+    quarantine    replay [--reason R] [--since T] [--dry-run]: move records that pass now into silver, once
     verify        reconcile the topic with the tables, and gold with silver; exit 1 on any discrepancy
     quality       docs: build Great Expectations Data Docs; check --table T: validate a whole table
     migrate       evolve existing tables to a changed event contract (safe changes only)
@@ -80,14 +82,25 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--table", action="append", help="with rebuild: only this table (repeatable; default: all)")
     g.add_argument("--show", type=int, default=0, metavar="N", help="after catching up, print N rows of each table")
 
-    bf = sub.add_parser("backfill", help="read a bounded Kafka range as a batch job, in chunks, through the "
-                        "stream's batch path into the same tables (exactly once; resumable; safe beside the "
-                        "live stream); `backfill status` shows the ledger",
-                        description="Backfill a Kafka range into bronze/quarantine/silver exactly once. Give "
-                        "--from/--to (record timestamps) or --offsets. The same range run again adds nothing; a "
-                        "killed run, started again, skips its finished chunks.")
+    bf = sub.add_parser("backfill", help="read a bounded Kafka range, archived files or bronze as a batch job, "
+                        "in chunks, through the stream's batch path into the same tables (exactly once; resumable; "
+                        "safe beside the live stream); `backfill status` shows the ledger",
+                        description="Backfill into bronze/quarantine/silver exactly once: a Kafka range (--from/--to "
+                        "record timestamps, or --offsets), archived files (--files, --format), or the raw records "
+                        "bronze stores (--bronze: re-derive silver and quarantine after a parser fix). The same "
+                        "range run again adds nothing; a killed run, started again, skips its finished chunks.")
     bf.add_argument("action", nargs="?", choices=["status"], help="status: one line per run from the ledger")
     add_range_arguments(bf)
+
+    qr = sub.add_parser("quarantine", help="replay: re-run quarantined records through the current parser and "
+                        "rules; those that pass move into silver once and are marked replayed in quarantine")
+    qr.add_argument("action", choices=["replay"])
+    qr.add_argument("--reason", help="only rows with this reason (the primary reason, or any reason code, e.g. "
+                    "MISSING_FIELD or MISSING_FIELD:amount or EXPECTATION)")
+    qr.add_argument("--since", metavar="TIME", help="only rows quarantined at or after this time (ISO-8601, UTC "
+                    "unless a zone is given)")
+    qr.add_argument("--dry-run", action="store_true", help="count what would move; write nothing")
+    qr.add_argument("--chunk-records", type=int, metavar="N", help="rows per chunk (default: backfill.chunk_records)")
 
     v = sub.add_parser("verify", help="reconcile the topic with bronze/quarantine/silver, and gold with silver")
     v.add_argument("--ledger", action="store_true", help="also check the producer ledgers of the topic")
@@ -281,19 +294,33 @@ def _verify(cfg: Config, spark: Any, ledger: bool) -> Any:
 
 def cmd_backfill(cfg: Config, args: argparse.Namespace) -> int:
     """``backfill`` and ``backfill status``."""
-    from pipelines.jobs.backfill import ledger_rows, range_arguments, run_backfill, status_table
+    from pipelines.jobs.backfill import check_range_arguments, ledger_rows, run_from_arguments, status_table
     from pipelines.session import build_session
 
     if args.action == "status":
-        if args.start or args.end or args.offsets or args.chunk_records:
-            raise PipelineError("`backfill status` takes no range options")
+        if args.start or args.end or args.offsets or args.files or args.bronze or args.chunk_records:
+            raise PipelineError("`backfill status` takes no source or range options")
         spark = build_session(cfg)
         print(status_table(ledger_rows(spark, cfg.table_path("backfills"))))
         return 0
-    kwargs = range_arguments(args)  # checked before Spark starts
+    check_range_arguments(args)  # before Spark starts
     spark = build_session(cfg)
-    summary = run_backfill(spark, cfg, **kwargs)
-    print(json.dumps(summary.as_dict(), indent=2))
+    summary = run_from_arguments(spark, cfg, args)
+    print(json.dumps(summary.as_dict(), indent=2, default=str))
+    return 0
+
+
+def cmd_quarantine(cfg: Config, args: argparse.Namespace) -> int:
+    """``quarantine replay``."""
+    from pipelines.jobs.backfill import parse_time
+    from pipelines.jobs.replay import run_quarantine_replay
+    from pipelines.session import build_session
+
+    since = parse_time(args.since) if args.since else None
+    spark = build_session(cfg)
+    summary = run_quarantine_replay(spark, cfg, reason=args.reason, since=since, chunk_records=args.chunk_records,
+                                    dry_run=args.dry_run)
+    print(json.dumps(summary.as_dict(), indent=2, default=str))
     return 0
 
 
@@ -531,7 +558,7 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
-    "verify": cmd_verify, "gold": cmd_gold, "backfill": cmd_backfill,
+    "verify": cmd_verify, "gold": cmd_gold, "backfill": cmd_backfill, "quarantine": cmd_quarantine,
     "migrate": cmd_migrate, "rebind": cmd_rebind, "demo": cmd_demo, "spark-args": cmd_spark_args,
     "submit": cmd_submit, "chaos": cmd_chaos, "quality": cmd_quality,
 }

@@ -245,6 +245,8 @@ class BackfillConfig:
 
     #: Records per chunk: one transaction per table per chunk, the unit a killed run redoes.
     chunk_records: int = 100_000
+    #: File backfills: whole files per chunk, about this many MiB of them (a larger file alone).
+    file_chunk_mb: int = 128
     #: Print a progress bar (rows, rate, ETA).
     progress: bool = True
 

@@ -36,6 +36,10 @@ REASON = "reason"  # primary reason code
 REASON_CODES = "reason_codes"  # every failed check, e.g. ["MISSING_FIELD:amount"]
 REASON_MESSAGE = "reason_message"  # for humans
 VALUE_SHA256 = "value_sha256"
+# Quarantine rows a replay moved into silver (after a parser or rule fix) keep their place as
+# history, marked: when, and by which run (``quarantine replay`` / a bronze re-derivation).
+REPLAYED_AT = "replayed_at"
+REPLAYED_BY = "replayed_by"
 
 COORDINATES = (KAFKA_TOPIC, KAFKA_TOPIC_ID, KAFKA_PARTITION, KAFKA_OFFSET)
 
@@ -186,6 +190,8 @@ QUARANTINE_SCHEMA = T.StructType([
     T.StructField(REASON_CODES, T.ArrayType(T.StringType(), True), False),
     T.StructField(REASON_MESSAGE, T.StringType(), False),
     *LINEAGE_FIELDS,
+    T.StructField(REPLAYED_AT, T.TimestampType(), True),
+    T.StructField(REPLAYED_BY, T.StringType(), True),
 ])
 
 AUDIT_SCHEMA = T.StructType([

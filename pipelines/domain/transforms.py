@@ -235,13 +235,13 @@ def parse_records(spec: EventSpec) -> Transform:
     """
     # The column expressions are built once per SparkContext (and headers or not), not per
     # batch: building them is hundreds of Py4J calls, which cost more than parsing a small batch.
-    built: dict[tuple[int, bool], list[list[Column]]] = {}
+    built: dict[tuple[int, bool, bool], list[list[Column]]] = {}
 
     def transform(df: DataFrame) -> DataFrame:
-        key = (id(df.sparkSession.sparkContext), S.SRC_HEADERS in df.columns)
+        key = (id(df.sparkSession.sparkContext), S.SRC_HEADERS in df.columns, S.KAFKA_TOPIC_ID in df.columns)
         stages = built.get(key)
         if stages is None:
-            stages = built[key] = _parse_stages(spec, has_headers=key[1])
+            stages = built[key] = _parse_stages(spec, has_headers=key[1], has_topic_id=key[2])
         for columns in stages:
             df = df.select(*columns)
         return df
@@ -249,8 +249,12 @@ def parse_records(spec: EventSpec) -> Transform:
     return transform
 
 
-def _parse_stages(spec: EventSpec, *, has_headers: bool) -> list[list[Column]]:
-    """The projections of :func:`parse_records`, in order (each computed once per row)."""
+def _parse_stages(spec: EventSpec, *, has_headers: bool, has_topic_id: bool = False) -> list[list[Column]]:
+    """The projections of :func:`parse_records`, in order (each computed once per row).
+
+    ``has_topic_id``: the input carries ``kafka_topic_id`` (records re-read from bronze keep the
+    id of the topic incarnation they came from); it is passed through.
+    """
     value = F.col(S.KAFKA_VALUE)
     text = F.col(_TEXT)
     js = F.col(_JSON)
@@ -277,13 +281,14 @@ def _parse_stages(spec: EventSpec, *, has_headers: bool) -> list[list[Column]]:
     extracted: dict[str, Column] = {}
     for name in ([spec.id_name] if spec.id_source == "field" else []) + [f.name for f in spec.data_fields]:
         extracted.update(_extract(name, js))
-    kafka = [dst for _, dst in _KAFKA_RENAMES]
+    topic_id = [S.KAFKA_TOPIC_ID] if has_topic_id else []
+    kafka = [dst for _, dst in _KAFKA_RENAMES] + topic_id
     headers = [F.col(S.SRC_HEADERS)] if has_headers else []
     passed = [*[F.col(c) for c in kafka], *headers]
     # Each intermediate column is its own projection, computed once per row: the flags
     # (valid UTF-8, parsed, is an object) feed every check below.
     stages: list[list[Column]] = [
-        [*kafka_columns(), *headers, F.col(S.SRC_VALUE).cast("string").alias(_TEXT)],
+        [*kafka_columns(), *map(F.col, topic_id), *headers, F.col(S.SRC_VALUE).cast("string").alias(_TEXT)],
         [*passed, text, (has_value & F.is_valid_utf8(text)).alias(_UTF8)],
         [*passed, text, utf8, F.when(utf8, F.try_parse_json(text)).alias(_JSON)],
         [*passed, text, utf8, js,
@@ -364,13 +369,16 @@ def with_lineage(batch_id: int, app_id: str, ingested_at: Column,
                  topic_ids: Mapping[str, str] | None = None) -> Transform:
     """Add ``batch_id``, ``app_id``, ``ingested_at`` and ``kafka_topic_id``.
 
-    ``topic_ids`` maps topic name -> Kafka topic id; a topic it does not name gets NULL.
+    ``topic_ids`` maps topic name -> Kafka topic id; a topic it does not name gets NULL. Rows that
+    carry a ``kafka_topic_id`` already (re-read from bronze) keep it.
     """
     pairs = [F.lit(x) for kv in sorted((topic_ids or {}).items()) for x in kv]
 
     def transform(df: DataFrame) -> DataFrame:
         topic = F.col(S.KAFKA_TOPIC if S.KAFKA_TOPIC in df.columns else S.SRC_TOPIC)
         topic_id = F.element_at(F.create_map(*pairs), topic) if pairs else F.lit(None).cast("string")
+        if S.KAFKA_TOPIC_ID in df.columns:
+            topic_id = F.coalesce(F.col(S.KAFKA_TOPIC_ID), topic_id)
         return df.withColumns({
             S.KAFKA_TOPIC_ID: topic_id,
             S.BATCH_ID: F.lit(batch_id).cast("long"),
@@ -392,8 +400,9 @@ def to_bronze(df: DataFrame) -> DataFrame:
 
 
 def to_quarantine(df: DataFrame) -> DataFrame:
-    """Invalid parsed rows (with lineage) -> quarantine columns."""
-    return df.select(*[f.name for f in S.QUARANTINE_SCHEMA.fields])
+    """Invalid parsed rows (with lineage) -> quarantine columns (not replayed: the replay columns NULL)."""
+    return df.select(*[F.col(f.name) if f.name in df.columns else F.lit(None).cast(f.dataType).alias(f.name)
+                       for f in S.QUARANTINE_SCHEMA.fields])
 
 
 def to_silver(spec: EventSpec) -> Transform:

@@ -1,5 +1,8 @@
 """Bounded batch backfills of a Kafka range, through the stream's own batch path.
 
+(Archived files, a re-derivation from bronze and the quarantine replay run the same way:
+:mod:`pipelines.jobs.replay`.)
+
 A backfill reads a bounded range of the topic (by record timestamps, ``--from``/``--to``, or by
 explicit per-partition offsets) as a batch job, in chunks of at most ``backfill.chunk_records``
 records, and hands each chunk to :meth:`IngestJob.process_batch`: the same parse, quarantine
@@ -277,11 +280,29 @@ def _record(spark: SparkSession, path: str, row: tuple[Any, ...]) -> None:
 
 
 # ---- the run ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Work:
+    """One chunk of any source, as the ledger records it."""
+
+    index: int
+    #: JSON of what the chunk covers (the ledger's ``ranges``): Kafka offsets, files, or batches.
+    spec: str
+    #: Records expected (None: unknown until read, e.g. files).
+    records: int | None
+
+
+def run_id_for(kind: str, params: Mapping[str, Any], works: list[Work]) -> str:
+    """``backfill-<hash>`` of a run that is not a Kafka range: its kind, parameters and chunks."""
+    canon = json.dumps({"kind": kind, "params": dict(params), "chunks": [w.spec for w in works]}, sort_keys=True)
+    return APP_PREFIX + hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
 @dataclass
 class BackfillSummary:
-    """What one ``run_backfill`` call did."""
+    """What one backfill run (``run_backfill``, ``run_file_backfill``, ...) did."""
 
     run_id: str
+    source: str = "kafka"
     chunks: int = 0
     #: Chunks the ledger already had as done (skipped without reading).
     chunks_done_before: int = 0
@@ -293,8 +314,12 @@ class BackfillSummary:
     silver_inserted: int = 0
     duplicates_in_batch: int = 0
     duplicates_in_table: int = 0
+    #: Quarantine rows this run marked replayed (their records now pass: in silver).
+    replayed: int = 0
+    #: Quarantine replay dry run: selected records that pass now (None otherwise).
+    passing: int | None = None
     seconds: float = 0.0
-    ranges: dict[str, Any] = field(default_factory=dict)
+    ranges: Any = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON)."""
@@ -302,54 +327,63 @@ class BackfillSummary:
 
     def line(self) -> str:
         """One line for people."""
-        if self.chunks and self.chunks_done_before == self.chunks:
+        if not self.chunks:
+            return f"[backfill] {self.run_id}: nothing to read ({self.source}); this run added nothing"
+        if self.chunks_done_before == self.chunks:
             return (f"[backfill] {self.run_id}: all {self.chunks} chunks were done before; this run added nothing")
-        added = self.bronze_inserted + self.quarantined + self.silver_inserted
-        return (f"[backfill] {self.run_id}: {self.chunks_run} chunks run ({self.chunks_done_before} done before), "
-                f"read {self.rows_read} | bronze +{self.bronze_inserted} | quarantined +{self.quarantined} | "
-                f"silver +{self.silver_inserted} | dups in batch {self.duplicates_in_batch} | dups vs table "
-                f"{self.duplicates_in_table}" + ("" if added else " | added nothing: every record was there")
-                + f" | {self.seconds:.1f}s")
+        added = self.bronze_inserted + self.quarantined + self.silver_inserted + self.replayed
+        replayed = f" | quarantine rows replayed {self.replayed}" if self.source in ("bronze", "quarantine") else ""
+        return (f"[backfill] {self.run_id} ({self.source}): {self.chunks_run} chunks run ({self.chunks_done_before} "
+                f"done before), read {self.rows_read} | bronze +{self.bronze_inserted} | quarantined "
+                f"+{self.quarantined} | silver +{self.silver_inserted} | dups in batch {self.duplicates_in_batch} | "
+                f"dups vs table {self.duplicates_in_table}{replayed}"
+                + ("" if added else " | added nothing: every record was there") + f" | {self.seconds:.1f}s")
 
 
-def run_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None = None,
-                 end: dt.datetime | None = None, offsets: Ranges | None = None, chunk_records: int | None = None,
-                 job: IngestJob | None = None, out: Callable[[str], None] | None = print,
-                 on_chunk: Callable[[Chunk, BatchResult], None] | None = None) -> BackfillSummary:
-    """Backfill a Kafka range (see the module docstring); returns what it did.
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
-    Raises:
-        PipelineError: a bad range, a source the tables do not belong to, or a chunk refused
-            (e.g. committed before under another event contract).
 
+def _chunk_size(cfg: Config, chunk_records: int | None) -> int:
+    size = cfg.backfill.chunk_records if chunk_records is None else chunk_records
+    if size < 1:
+        raise PipelineError(f"chunks must hold at least one record, got {size}",
+                            hint="--chunk-records (or backfill.chunk_records) must be >= 1")
+    return size
+
+
+def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: list[Work],
+             read: Callable[[Work], DataFrame], *, job: IngestJob | None = None,
+             out: Callable[[str], None] | None = print,
+             on_chunk: Callable[[Work, BatchResult], None] | None = None,
+             prepare: Callable[[IngestJob], None] | None = None,
+             after_chunk: Callable[[Work, BatchResult], None] | None = None) -> BackfillSummary:
+    """Run ``works`` through the stream's batch path under the run's identity, with the ledger.
+
+    Chunks the ledger has as done are skipped; each chunk run is recorded (done, or failed with
+    its error). ``prepare`` adjusts the job (e.g. no bronze write, a hook after the writes);
+    ``after_chunk`` runs after each chunk's writes, before its ledger row.
     """
     from tqdm import tqdm
 
     from pipelines.domain.schema import EventSpec
     from pipelines.io import writers
-    from pipelines.io.binding import check_source
     from pipelines.io.tables import TablePaths, ensure_tables
     from pipelines.jobs.ingest import IngestJob
 
     t0 = time.monotonic()
-    size = chunk_records or cfg.backfill.chunk_records
-    if size < 1:
-        raise PipelineError(f"backfill.chunk_records must be >= 1, got {size}")
-    ranges = resolve_kafka_range(spark, cfg, start=start, end=end, offsets=offsets)
-    chunks = plan_chunks(ranges, size)
+    run_id = summary.run_id
     tables = TablePaths.from_config(cfg)
-    source = check_source(spark, cfg, tables.bronze)
-    run_id = run_id_of(ranges, size, {"cluster_id": source.cluster_id, "topics": source.topics})
-    summary = BackfillSummary(run_id, chunks=len(chunks), records=sum(c.records for c in chunks),
-                              ranges=json.loads(Chunk(-1, ranges).as_json()))
+    summary.chunks = len(works)
+    summary.records = sum(w.records or 0 for w in works)
     ensure_tables(spark, tables, EventSpec.from_config(cfg.events))
     ledger = cfg.table_path("backfills")
     ensure_ledger(spark, ledger)
-    by_index = {c.index: c for c in chunks}
+    by_index = {w.index: w for w in works}
     done = set()
     for r in ledger_rows(spark, ledger, run_id):
         if r["status"] == DONE:
-            if r["chunk"] not in by_index or r["ranges"] != by_index[r["chunk"]].as_json():
+            if r["chunk"] not in by_index or r["ranges"] != by_index[r["chunk"]].spec:
                 raise PipelineError(f"the ledger's chunk {r['chunk']} of run {run_id} covers {r['ranges']}, not what "
                                     "this run plans for it: refusing to skip or redo it",
                                     hint=f"inspect the ledger ({ledger}); this should not happen")
@@ -358,34 +392,37 @@ def run_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None 
     job = job or IngestJob.from_config(cfg, app_id=run_id, out=None)
     if job.app_id(spark) != run_id:
         raise ValueError(f"the job's app id must be the run id {run_id}, got {job.app_id(spark)}")
-    job.topic_ids = source.topics
     # A chunk started by a killed run may have committed long ago (the stream writing since): its
     # replay check reads the tables' whole history, not only their newest commits.
     job.replay_lookup_recent_only = False
     job.conflict_retries = CONFLICT_RETRIES
-    todo = [c for c in chunks if c.index not in done]
-    bar = tqdm(total=sum(c.records for c in todo), unit="rec", unit_scale=True, desc=run_id, file=sys.stderr,
-               disable=not cfg.backfill.progress or out is None, dynamic_ncols=True)
+    if prepare is not None:
+        prepare(job)
+    todo = [w for w in works if w.index not in done]
+    known = all(w.records is not None for w in todo)
+    bar = tqdm(total=sum(w.records or 0 for w in todo) if known else None, unit="rec", unit_scale=True,
+               desc=run_id, file=sys.stderr, disable=not cfg.backfill.progress or out is None, dynamic_ncols=True)
     try:
-        for chunk in todo:
-            started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        for work in todo:
+            started = _utcnow()
             try:
-                res = job.process_batch(read_chunk(spark, cfg, chunk), chunk.index)
+                res = job.process_batch(read(work), work.index)
+                if after_chunk is not None:
+                    after_chunk(work, res)
             except Exception as e:
                 try:
-                    _record(spark, ledger, (run_id, chunk.index, "kafka", chunk.as_json(), FAILED, None, None, None,
-                                            None, None, None, None, started,
-                                            dt.datetime.now(dt.UTC).replace(tzinfo=None), 1, str(e)[:2000]))
+                    _record(spark, ledger, (run_id, work.index, summary.source, work.spec, FAILED, None, None, None,
+                                            None, None, None, None, started, _utcnow(), 1, str(e)[:2000]))
                 except Exception as ledger_error:  # the chunk's own error is the one to see
-                    print(f"[backfill] could not record chunk {chunk.index}'s failure in the ledger: {ledger_error}",
+                    print(f"[backfill] could not record chunk {work.index}'s failure in the ledger: {ledger_error}",
                           file=sys.stderr)
                 raise
             versions = {name: writers.table_version(spark, tables.of(name))
                         for name in ("bronze", "quarantine", "silver")}
-            _record(spark, ledger, (run_id, chunk.index, "kafka", chunk.as_json(), DONE, res.rows_read,
+            _record(spark, ledger, (run_id, work.index, summary.source, work.spec, DONE, res.rows_read,
                                     res.bronze_inserted or 0, res.quarantined or 0, res.silver_inserted or 0,
                                     res.duplicates_in_batch, res.duplicates_in_table or 0, versions, started,
-                                    dt.datetime.now(dt.UTC).replace(tzinfo=None), 1, None))
+                                    _utcnow(), 1, None))
             summary.chunks_run += 1
             summary.rows_read += res.rows_read
             summary.bronze_inserted += res.bronze_inserted or 0
@@ -393,16 +430,45 @@ def run_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None 
             summary.silver_inserted += res.silver_inserted or 0
             summary.duplicates_in_batch += res.duplicates_in_batch
             summary.duplicates_in_table += res.duplicates_in_table or 0
-            bar.update(chunk.records)
-            bar.set_postfix(silver=summary.silver_inserted, chunk=f"{chunk.index + 1}/{len(chunks)}")
+            bar.update(work.records if known else res.rows_read)
+            bar.set_postfix(silver=summary.silver_inserted, chunk=f"{work.index + 1}/{len(works)}")
             if on_chunk is not None:
-                on_chunk(chunk, res)
+                on_chunk(work, res)
     finally:
         bar.close()
     summary.seconds = time.monotonic() - t0
     if out is not None:
         out(summary.line())
     return summary
+
+
+def run_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None = None,
+                 end: dt.datetime | None = None, offsets: Ranges | None = None, chunk_records: int | None = None,
+                 job: IngestJob | None = None, out: Callable[[str], None] | None = print,
+                 on_chunk: Callable[[Work, BatchResult], None] | None = None) -> BackfillSummary:
+    """Backfill a Kafka range (see the module docstring); returns what it did.
+
+    Raises:
+        PipelineError: a bad range, a source the tables do not belong to, or a chunk refused
+            (e.g. committed before under another event contract).
+
+    """
+    from pipelines.io.binding import check_source
+
+    size = _chunk_size(cfg, chunk_records)
+    ranges = resolve_kafka_range(spark, cfg, start=start, end=end, offsets=offsets)
+    chunks = plan_chunks(ranges, size)
+    source = check_source(spark, cfg, cfg.table_path("bronze"))
+    run_id = run_id_of(ranges, size, {"cluster_id": source.cluster_id, "topics": source.topics})
+    summary = BackfillSummary(run_id, "kafka", ranges=json.loads(Chunk(-1, ranges).as_json()))
+    by_index = {c.index: c for c in chunks}
+
+    def prepare(job: IngestJob) -> None:
+        job.topic_ids = source.topics
+
+    return _execute(spark, cfg, summary, [Work(c.index, c.as_json(), c.records) for c in chunks],
+                    lambda w: read_chunk(spark, cfg, by_index[w.index]), job=job, out=out, on_chunk=on_chunk,
+                    prepare=prepare)
 
 
 def status_table(rows: list[Any], limit: int = 50) -> str:
@@ -432,30 +498,70 @@ def status_table(rows: list[Any], limit: int = 50) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``spark-submit pipelines/jobs/backfill.py --conf conf/local.yaml --from ... --to ...``."""
-    p = argparse.ArgumentParser(prog="backfill", description="Backfill a Kafka range, exactly once, into the "
-                                "tables the stream writes (see `python -m pipelines backfill --help`).")
+    p = argparse.ArgumentParser(prog="backfill", description="Backfill a Kafka range, archived files or bronze, "
+                                "exactly once, into the tables the stream writes (see `python -m pipelines "
+                                "backfill --help`).")
     p.add_argument("--conf", default="conf/local.yaml", help="environment config file (default: %(default)s)")
     add_range_arguments(p)
     args = p.parse_args(argv)
     from pipelines.session import build_session
 
     cfg = load_config(args.conf)
+    check_range_arguments(args)
     spark = build_session(cfg)
-    summary = run_backfill(spark, cfg, **range_arguments(args))
-    print(json.dumps(summary.as_dict()))
+    summary = run_from_arguments(spark, cfg, args)
+    print(json.dumps(summary.as_dict(), default=str))
     return 0
 
 
 def add_range_arguments(p: argparse.ArgumentParser) -> None:
-    """The range options, shared by the CLI and the job file."""
+    """The source and range options, shared by the CLI and the job file."""
     p.add_argument("--from", dest="start", metavar="TIME", help="first record timestamp (ISO-8601, UTC unless a "
-                   "zone is given; default: the earliest record)")
+                   "zone is given; default: the earliest record); with --bronze: first ingest time")
     p.add_argument("--to", dest="end", metavar="TIME", help="records before this timestamp (excluded; default: "
-                   "the latest stable offset now)")
+                   "the latest stable offset now); with --bronze: ingested before this time (default: now)")
     p.add_argument("--offsets", metavar="JSON", help='explicit ranges instead: {"topic": {"partition": '
                    '[first, end)}}, end excluded')
+    p.add_argument("--files", metavar="PATH", help="read archived files instead of Kafka: a file, a folder "
+                   "(recursive) or a glob, on any Hadoop filesystem (file:, hdfs://, s3a://, abfss://, gs://)")
+    p.add_argument("--format", choices=["json", "parquet"], default="json", help="with --files: JSON lines (one "
+                   "message value per line) or Parquet (a `value` column; Kafka's topic/partition/offset/timestamp/"
+                   "key kept when present) (default: %(default)s)")
+    p.add_argument("--bronze", action="store_true", help="re-derive silver and quarantine from the raw records "
+                   "bronze stores (e.g. after a parser fix); --from/--to select by ingest time")
     p.add_argument("--chunk-records", type=int, metavar="N", help="records per chunk (default: "
                    "backfill.chunk_records)")
+    p.add_argument("--chunk-mb", type=float, metavar="MB", help="with --files: MiB of whole files per chunk "
+                   "(default: backfill.file_chunk_mb)")
+
+
+def check_range_arguments(args: argparse.Namespace) -> None:
+    """Refuse option combinations that mean nothing (before Spark starts)."""
+    sources = [name for name, given in (("--offsets", args.offsets), ("--files", args.files),
+                                        ("--bronze", args.bronze)) if given]
+    if len(sources) > 1:
+        raise PipelineError(f"give one source: {' and '.join(sources)} together mean nothing")
+    if args.files and (args.start or args.end):
+        raise PipelineError("--from/--to select Kafka records or bronze rows, not files",
+                            hint="give the files to read with --files (a folder or a glob)")
+    if args.chunk_mb is not None and not args.files:
+        raise PipelineError("--chunk-mb is for --files; Kafka and bronze chunks are sized with --chunk-records")
+    range_arguments(args)  # the times and offsets parse
+
+
+def run_from_arguments(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> BackfillSummary:
+    """Run the backfill the parsed options describe."""
+    if args.files:
+        from pipelines.jobs.replay import run_file_backfill
+
+        return run_file_backfill(spark, cfg, args.files, fmt=args.format, chunk_mb=args.chunk_mb)
+    kwargs = range_arguments(args)
+    if args.bronze:
+        from pipelines.jobs.replay import run_bronze_backfill
+
+        del kwargs["offsets"]
+        return run_bronze_backfill(spark, cfg, **kwargs)
+    return run_backfill(spark, cfg, **kwargs)
 
 
 def range_arguments(args: argparse.Namespace) -> dict[str, Any]:

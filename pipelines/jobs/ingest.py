@@ -120,6 +120,13 @@ AUDIT_INTERVAL_S = 5.0
 """Seconds between two background audit commits of a streaming query (rows queue meanwhile)."""
 
 
+def contract_id_of(spec: EventSpec, quality: BatchQuality | None) -> str:
+    """A fingerprint of the event contract and the silver suite's quarantine rules (how records are routed)."""
+    rules = quality.fingerprint if quality is not None else "[]"
+    routing = repr(spec) + (rules if rules != "[]" else "")  # no quarantine rules: the contract's id as before
+    return hashlib.sha256(routing.encode()).hexdigest()[:16]
+
+
 class IngestJob:
     """The ``foreachBatch`` body with its collaborators passed in.
 
@@ -185,14 +192,16 @@ class IngestJob:
         #: A fingerprint of the event contract and the quarantine rules of the silver suite,
         #: recorded with every commit: a batch re-run under another contract is refused (it could
         #: route a record differently the second time).
-        rules = quality.fingerprint if quality is not None else "[]"
-        routing = repr(spec) + (rules if rules != "[]" else "")  # no quarantine rules: the contract's id as before
-        self.contract_id = hashlib.sha256(routing.encode()).hexdigest()[:16]
+        self.contract_id = contract_id_of(spec, quality)
         #: The replay check of a job's first batch reads only the tables' newest commits (where a
         #: batch Spark re-runs is); a backfill resuming a chunk reads the whole history.
         self.replay_lookup_recent_only = True
         #: Attempts of a table write that loses a race with a concurrent commit.
         self.conflict_retries = writers.CONFLICT_RETRIES
+        #: False: records re-read from bronze itself (a re-derivation): bronze is not written.
+        self.write_bronze = True
+        #: Called with the batch's parsed rows (routed, annotated) once every table committed it.
+        self.after_writes: Callable[[DataFrame, int], None] | None = None
         #: Kafka topic name -> topic id, recorded on every row (set by :func:`start_ingest`).
         self.topic_ids: dict[str, str] = {}
         #: A PipelineError raised inside a batch, kept so that run_ingest can show it as it is.
@@ -343,7 +352,9 @@ class IngestJob:
                 return self.silver_writer(rows, self.tables.silver, app_id=app_id, version=batch_id,
                                           target_predicate=scope, metadata=meta, session=session)
 
-            writes: dict[str, Callable[[SparkSession], int | None]] = {SILVER: silver, BRONZE: bronze}
+            writes: dict[str, Callable[[SparkSession], int | None]] = {SILVER: silver}
+            if self.write_bronze:
+                writes[BRONZE] = bronze
             # No quarantine write when nothing is invalid: skipping a transaction version is fine,
             # later ones are higher.
             if res.valid_rows < res.rows_read:
@@ -380,13 +391,15 @@ class IngestJob:
                               or self._confirm_replay(spark, name, app_id, batch_id, res.offsets))
                     inserted, version = commit.inserted(), commit.version
                 inserted_by[name], versions[name] = inserted, version
-            res.bronze_inserted = inserted_by[BRONZE]
+            res.bronze_inserted = inserted_by.get(BRONZE, 0)  # not written: records re-read from bronze
             res.quarantined = inserted_by.get(QUARANTINE, 0)
             res.silver_inserted = inserted_by[SILVER]
             res.duplicates_in_table = res.valid_rows - res.duplicates_in_batch - res.silver_inserted
             res.duration_ms = _ms(t0)
             res.timings_ms = timings
             self._prewarm(list(done))
+            if self.after_writes is not None:  # every table has the batch: e.g. mark replayed records
+                self.after_writes(parsed, batch_id)
 
             # The audit row: one per (app id, batch id), keyed, so a re-run never adds a second one;
             # the quality rows (keyed too) are written just before it.

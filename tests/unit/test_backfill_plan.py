@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 
 import pytest
@@ -80,3 +81,36 @@ def test_offsets_and_times_parse_or_fail_clearly():
     assert parse_time("2026-12-01T11:00:00+01:00") == dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)
     with pytest.raises(PipelineError, match="not an ISO-8601 time"):
         parse_time("yesterday")
+
+
+def test_file_chunks_group_whole_files_in_order_and_a_large_file_stands_alone():
+    from pipelines.jobs.replay import plan_file_chunks
+
+    files = [("a", 40, 1), ("b", 40, 1), ("c", 300, 1), ("d", 10, 1), ("e", 95, 1)]
+    works = plan_file_chunks(files, 100)
+    assert [[f[0] for f in json.loads(w.spec)] for w in works] == [["a", "b"], ["c"], ["d"], ["e"]]
+    assert [w.index for w in works] == [0, 1, 2, 3] and all(w.records is None for w in works)
+    assert plan_file_chunks(files, 100) == works  # deterministic: a restarted run finds its chunks
+    assert plan_file_chunks([], 100) == []
+
+
+def test_stored_rows_are_chunked_by_whole_batches():
+    from pipelines.jobs.replay import plan_batch_chunks
+
+    groups = [("ingest-1", 0, 300), ("ingest-1", 1, 300), ("ingest-1", 2, 500), ("backfill-x", 0, 1200),
+              ("ingest-2", 0, 10)]
+    works = plan_batch_chunks(groups, 700)
+    assert [json.loads(w.spec) for w in works] == [[["ingest-1", 0], ["ingest-1", 1]], [["ingest-1", 2]],
+                                                   [["backfill-x", 0]], [["ingest-2", 0]]]
+    assert [w.records for w in works] == [600, 500, 1200, 10]
+
+
+def test_a_run_id_names_its_kind_parameters_and_chunks():
+    from pipelines.jobs.backfill import Work, run_id_for
+
+    works = [Work(0, '[["a", 0]]', 5)]
+    rid = run_id_for("quarantine", {"reason": None, "contract": "c1"}, works)
+    assert rid.startswith("backfill-") and rid == run_id_for("quarantine", {"contract": "c1", "reason": None}, works)
+    assert rid != run_id_for("quarantine", {"reason": None, "contract": "c2"}, works)  # after another rule fix
+    assert rid != run_id_for("bronze", {"reason": None, "contract": "c1"}, works)
+    assert rid != run_id_for("quarantine", {"reason": None, "contract": "c1"}, [Work(0, '[["a", 1]]', 5)])
