@@ -1,6 +1,6 @@
 """Benchmarks, measured side by side in one run: ``make bench`` (full) or ``python -m bench --quick``.
 
-Run from the repo root. Sections (``--sections``, default ``drain,sweep,freshness,gold``):
+Run from the repo root. Sections (``--sections``, default ``drain,sweep,freshness,gold,backfill``):
 
 drain      throughput draining one preloaded topic (1,000,000 records by default): a raw
            consumer, the Spark ceiling without Kafka, Spark's Delta sink, a single blind
@@ -14,6 +14,8 @@ freshness  Kafka timestamp -> the silver commit that made the row visible, p50/p
            of our median drain rate (quick: 50 %).
 gold       ingest and gold streaming side by side at 50 % of our drain rate: silver commit -> every
            gold table reflects it (p50/p99), and each gold batch's time vs the silver rows it touched.
+backfill   the stream at 25 % of our drain rate, its freshness alone and then beside a concurrent
+           backfill of 400,000 older records into the same tables (target: within 2x).
 quality    the exactly-once job with the silver expectation suite on vs off, at 10,000 and
            100,000 records per batch (target: on >= 0.75x off); not in the default sections.
 merge      MERGE time vs silver size, key MERGE over the table vs the event-date scope
@@ -37,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import batch_cost, drain, freshness, gold_cost, merge_scope, quality_cost, report
+from bench import backfill_load, batch_cost, drain, freshness, gold_cost, merge_scope, quality_cost, report
 from bench.common import (
     REPO,
     WORKER_TIMEOUT_S,
@@ -52,8 +54,8 @@ from bench.common import (
     run_isolated,
 )
 
-SECTIONS = ("drain", "sweep", "freshness", "gold", "quality", "merge")
-DEFAULT_SECTIONS = "drain,sweep,freshness,gold"
+SECTIONS = ("drain", "sweep", "freshness", "gold", "backfill", "quality", "merge")
+DEFAULT_SECTIONS = "drain,sweep,freshness,gold,backfill"
 DRAIN_TOPIC = "drain"
 
 
@@ -135,10 +137,11 @@ def run_sections(st: Settings, sections: list[str], res: dict[str, Any]) -> None
     if st.before is not None:
         probe = run_isolated("probe", work=st.work / "probe-before", code=st.before, label="probe before")
         log(f"before code: commit {st.before.commit}, pipelines from {probe['pipelines_file']}")
-    assert st.bootstrap is not None or not ({"drain", "sweep", "freshness", "gold", "quality"} & set(sections))
+    assert st.bootstrap is not None or not ({"drain", "sweep", "freshness", "gold", "backfill", "quality"}
+                                            & set(sections))
     drain_topic = None
     need_drain_topic = "drain" in sections or "sweep" in sections or "quality" in sections or (
-        ("freshness" in sections or "gold" in sections) and st.fresh_rate is None)
+        ({"freshness", "gold", "backfill"} & set(sections)) and st.fresh_rate is None)
     if need_drain_topic:
         assert st.bootstrap is not None
         log(f"preloading {st.records:,} records into {DRAIN_TOPIC} ...")
@@ -154,7 +157,7 @@ def run_sections(st: Settings, sections: list[str], res: dict[str, Any]) -> None
         res["drain"] = drain.run(st, drain_topic, res["sizes"]["drain_bytes"])
     if "sweep" in sections:
         res["sweep"] = batch_cost.run(st, drain_topic)
-    if "freshness" in sections or "gold" in sections:
+    if {"freshness", "gold", "backfill"} & set(sections):
         if res.get("drain"):
             rate = res["drain"]["pipelines"][drain.OURS]["records_per_s"]
         elif st.fresh_rate:
@@ -169,6 +172,8 @@ def run_sections(st: Settings, sections: list[str], res: dict[str, Any]) -> None
             res["freshness"] = freshness.run(st, rate)
         if "gold" in sections:
             res["gold"] = gold_cost.run(st, rate)
+        if "backfill" in sections:
+            res["backfill"] = backfill_load.run(st, rate)
     if "quality" in sections:
         assert drain_topic is not None
         res["quality"] = quality_cost.run(st, drain_topic)

@@ -124,9 +124,10 @@ def commit_times(spark: SparkSession, table: str) -> DataFrame:
             .groupBy(S.APP_ID, S.BATCH_ID).agg(F.min("visible_at").alias("visible_at")))
 
 
-def latencies(spark: SparkSession, silver: str, since: dt.datetime | None = None) -> dict[str, Any]:
+def latencies(spark: SparkSession, silver: str, since: dt.datetime | None = None,
+              until: dt.datetime | None = None) -> dict[str, Any]:
     """p50/p99/max of (silver commit time - Kafka timestamp) over the rows of the silver table at
-    ``silver`` (only those with a Kafka timestamp at or after ``since``, UTC, when given)."""
+    ``silver`` (only those with a Kafka timestamp in [``since``, ``until``), UTC, when given)."""
     from pyspark.sql import functions as F
 
     from pipelines.domain import schema as S
@@ -134,6 +135,8 @@ def latencies(spark: SparkSession, silver: str, since: dt.datetime | None = None
     rows = spark.read.format("delta").load(silver).select(S.APP_ID, S.BATCH_ID, S.KAFKA_TIMESTAMP)
     if since is not None:
         rows = rows.filter(F.col(S.KAFKA_TIMESTAMP) >= F.lit(since))
+    if until is not None:
+        rows = rows.filter(F.col(S.KAFKA_TIMESTAMP) < F.lit(until))
     joined = rows.join(commit_times(spark, silver), [S.APP_ID, S.BATCH_ID], "left")
     us = F.unix_micros("visible_at") - F.unix_micros(S.KAFKA_TIMESTAMP)
     q = joined.agg(F.count(F.lit(1)).alias("rows"), F.count("visible_at").alias("matched"),

@@ -190,11 +190,13 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"Command: `{res['command']}`", ""]
     if res.get("error"):
         lines += ["**The run failed; only the sections that finished are below.**", "", "```", res["error"], "```", ""]
+    from bench.backfill_load import lines as backfill_lines
     from bench.gold_cost import lines as gold_lines
     from bench.quality_cost import lines as quality_lines
 
     for key, render in (("drain", drain_lines), ("sweep", sweep_lines), ("freshness", freshness_lines),
-                        ("gold", gold_lines), ("quality", quality_lines), ("merge", merge_lines)):
+                        ("gold", gold_lines), ("backfill", backfill_lines), ("quality", quality_lines),
+                        ("merge", merge_lines)):
         if res.get(key):
             lines += render(res) + [""]
     if res.get("plots"):

@@ -8,7 +8,7 @@ on stdout; everything else (Spark, the JVM, our own prints) goes to stderr.
 Pipelines: ``probe`` (which ``pipelines`` package is imported; no Spark), ``raw_consumer``,
 ``spark_ceiling``, ``delta_sink``, ``single_append``, ``at_least_once``, ``exactly_once``,
 ``exactly_once_no_quality`` (see :mod:`bench.drain`), ``freshness`` (:mod:`bench.freshness`), ``gold``
-(:mod:`bench.gold_cost`) and ``merge`` (:mod:`bench.merge_scope`).
+(:mod:`bench.gold_cost`), ``backfill`` (:mod:`bench.backfill_load`) and ``merge`` (:mod:`bench.merge_scope`).
 
 Which ``pipelines`` is imported depends on how the worker is started (``PYTHONPATH``; see
 :func:`bench.common.worker_launch`); the config is that checkout's ``conf/local.yaml``.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pipelines.config import Config
 
 SPARK_PIPELINES = ("spark_ceiling", "delta_sink", "single_append", "at_least_once", "exactly_once",
-                   "exactly_once_no_quality", "freshness", "gold", "merge")
+                   "exactly_once_no_quality", "freshness", "gold", "backfill", "merge")
 PIPELINES = ("probe", "raw_consumer", *SPARK_PIPELINES)
 
 
@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bootstrap", help="Kafka bootstrap servers, HOST:PORT")
     p.add_argument("--topic", help="the topic to read")
     p.add_argument("--max-offsets", type=int, default=100_000, help="maxOffsetsPerTrigger (chunk size)")
-    p.add_argument("--records", type=int, help="records expected in the topic (for messages only)")
+    p.add_argument("--records", type=int, help="records expected in the topic (for messages only); backfill: "
+                   "records of history to produce first")
     p.add_argument("--rate", type=float, help="freshness: records per second to produce")
     p.add_argument("--seconds", type=float, help="freshness: how long to produce (measured)")
     p.add_argument("--warmup-seconds", type=float, default=0.0, help="freshness: produce this long first, unmeasured")
@@ -107,6 +108,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             return gold_measure(spark, cfg, _need(args, "topic"), work, rate=_need(args, "rate"),
                                 seconds=_need(args, "seconds"), trigger=args.trigger, warmup_s=args.warmup_seconds)
+        if args.pipeline == "backfill":
+            from bench.backfill_load import measure as backfill_measure
+
+            return backfill_measure(spark, cfg, _need(args, "topic"), work, rate=_need(args, "rate"),
+                                    seconds=_need(args, "seconds"), trigger=args.trigger,
+                                    history=_need(args, "records"), warmup_s=args.warmup_seconds)
         if args.pipeline == "merge":
             from bench.merge_scope import merge_scaling
 

@@ -143,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--ingest-command", help="run this command instead of `python -m pipelines ingest` (it gets "
                     "--conf FILE [--available-now]); tests use it to prove the harness catches a broken job")
     ch.add_argument("--no-gold", action="store_true", help="do not run the gold job beside ingest")
+    ch.add_argument("--no-backfill", action="store_true", help="do not run backfills of recent offsets beside "
+                    "ingest (killed and resumed on a seeded schedule)")
     ch.add_argument("--result-file", help="also write the result table (markdown) here")
 
     sub.add_parser("spark-args", help="print spark-submit arguments equivalent to the session factory")
@@ -497,7 +499,8 @@ def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
                            round_seconds=_seconds_range(args.round_seconds),
                            checkpoint_reset=not args.no_checkpoint_reset, work_dir=work,
                            ingest_command=shlex.split(args.ingest_command) if args.ingest_command else None,
-                           actions=args.actions.split(",") if args.actions else None, gold=not args.no_gold)
+                           actions=args.actions.split(",") if args.actions else None, gold=not args.no_gold,
+                           backfill=not args.no_backfill)
     finally:
         broker.stop()
     print(report.table())

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -218,6 +219,7 @@ def read_chunk(spark: SparkSession, cfg: Config, chunk: Chunk) -> DataFrame:
 
 
 # ---- the ledger -------------------------------------------------------------------------------
+@functools.cache
 def ledger_schema() -> Any:
     """One row per backfill run and chunk."""
     from pyspark.sql import types as T
@@ -417,7 +419,9 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
                     print(f"[backfill] could not record chunk {work.index}'s failure in the ledger: {ledger_error}",
                           file=sys.stderr)
                 raise
-            versions = {name: writers.table_version(spark, tables.of(name))
+            # The versions of the chunk's own commits; a table it did not write: its version now.
+            versions = {name: res.table_versions[name] if name in res.table_versions
+                        else writers.table_version(spark, tables.of(name))
                         for name in ("bronze", "quarantine", "silver")}
             _record(spark, ledger, (run_id, work.index, summary.source, work.spec, DONE, res.rows_read,
                                     res.bronze_inserted or 0, res.quarantined or 0, res.silver_inserted or 0,

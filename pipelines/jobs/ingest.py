@@ -89,6 +89,9 @@ class BatchResult:
     timings_ms: dict[str, int] = field(default_factory=dict)
     #: The silver suite's results on this batch (empty without a suite).
     quality: list[RuleResult] = field(default_factory=list)
+    #: Table -> the version of this batch's own commit (a replayed batch: its earlier commit);
+    #: tables the batch did not write are absent.
+    table_versions: dict[str, int] = field(default_factory=dict)
 
     def progress_line(self) -> str:
         """The per-batch progress line."""
@@ -391,6 +394,7 @@ class IngestJob:
                               or self._confirm_replay(spark, name, app_id, batch_id, res.offsets))
                     inserted, version = commit.inserted(), commit.version
                 inserted_by[name], versions[name] = inserted, version
+            res.table_versions = versions
             res.bronze_inserted = inserted_by.get(BRONZE, 0)  # not written: records re-read from bronze
             res.quarantined = inserted_by.get(QUARANTINE, 0)
             res.silver_inserted = inserted_by[SILVER]

@@ -16,6 +16,13 @@ made to SIGKILL itself 50-500 ms into a batch's first table or right after its M
 (``gold:fault:<point>``), and once its checkpoint is deleted before the round
 (``gold:checkpoint-reset``).
 
+With backfills (the default), a third driver process backfills a window of recent offsets
+(``backfill --offsets``) that the stream is ingesting at the same time, in small chunks, with its
+own seeded action per round: none, run (killed at the round's end if not finished), or SIGKILLed
+at a random moment. A later round resumes a killed backfill (the same offsets: the same run,
+which skips its finished chunks), and every backfill still unfinished is resumed before the
+final check, as an operator would.
+
 At the end the producer is stopped, the jobs catch up (``--available-now``: ingest, then gold),
 and ``verify --ledger`` reconciles everything, gold included (every gold group against its
 recomputation from silver). The schedule depends only on ``seed``.
@@ -64,11 +71,17 @@ class ChaosReport:
     gold_actions: Counter[str] = field(default_factory=Counter)
     #: Exit code of the gold job's final catch-up run (None: timed out; 0 without gold).
     gold_catch_up_rc: int | None = 0
+    #: The backfill process's actions (empty: no backfills) and what came of them.
+    backfill_actions: Counter[str] = field(default_factory=Counter)
+    backfill_outcomes: Counter[str] = field(default_factory=Counter)
+    #: Backfills killed during the rounds and resumed at the end, and how many of those failed.
+    backfills_resumed_at_end: int = 0
+    backfill_resume_failures: int = 0
 
     @property
     def ok(self) -> bool:
         """True when verify found nothing missing or duplicated (gold included) and gold caught up."""
-        return bool(self.verify.get("ok")) and self.gold_catch_up_rc == 0
+        return bool(self.verify.get("ok")) and self.gold_catch_up_rc == 0 and not self.backfill_resume_failures
 
     def table(self) -> str:
         """A readable summary."""
@@ -97,6 +110,10 @@ class ChaosReport:
                ("gold groups compared", totals.get("gold_groups", "?")),
                ("gold mismatches", sum(v for k, v in checks.items() if k.startswith("gold ") and "differ" in k)
                 if any(k.startswith("gold ") for k in checks) else "?")] if self.gold_actions else []),
+            *[(f"backfill actions: {k}", v) for k, v in sorted(self.backfill_actions.items())],
+            *[(f"backfills {k}", v) for k, v in sorted(self.backfill_outcomes.items())],
+            *([("backfills resumed at the end", self.backfills_resumed_at_end),
+               ("backfill resumes that failed", self.backfill_resume_failures)] if self.backfill_actions else []),
             ("seconds", round(self.seconds)),
             ("result", "PASS" if self.ok else "FAIL"),
         ]
@@ -132,6 +149,33 @@ def gold_schedule(rounds: int, seed: int, checkpoint_reset: bool) -> list[str]:
         actions.append(rng.choice([GOLD_KILL, *[f"gold:fault:{p}" for p in faults.GOLD_POINTS]]))
     rng.shuffle(actions)
     return actions[:rounds]
+
+
+BACKFILL_NONE, BACKFILL_RUN, BACKFILL_KILL = "backfill:none", "backfill:run", "backfill:kill"
+
+
+def backfill_schedule(rounds: int, seed: int) -> list[str]:
+    """The backfill process's seeded actions, one per round."""
+    rng = random.Random(seed + 11)
+    return [rng.choice([BACKFILL_NONE, BACKFILL_RUN, BACKFILL_KILL]) for _ in range(rounds)]
+
+
+def backfill_window(bootstrap: str, topic: str, partitions: int, rng: random.Random) -> dict | None:
+    """Offsets to backfill: the newest 1,000-4,000 records of each partition (None: broker unreachable)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "chaos-backfill-window",
+                         "enable.auto.commit": False, "isolation.level": "read_committed", "log_level": 2})
+    try:
+        window = {}
+        for p in range(partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5, cached=False)
+            window[str(p)] = [max(low, high - rng.randint(1000, 4000)), high]
+        return {topic: window}
+    except Exception:  # noqa: BLE001 - a broker being restarted this round: no backfill then
+        return None
+    finally:
+        consumer.close()
 
 
 def _committed_batches(checkpoint: str) -> int:
@@ -191,6 +235,7 @@ def run_chaos(
     ingest_command: list[str] | None = None,
     actions: list[str] | None = None,
     gold: bool = True,
+    backfill: bool = True,
     out=print,  # noqa: ANN001
 ) -> ChaosReport:
     """Run the harness; see the module docstring. ``cfg`` must point at ``broker`` and its own data dir."""
@@ -230,6 +275,14 @@ def run_chaos(
     gold = gold and bool(cfg.gold.tables)
     gold_plan = gold_schedule(len(plan), seed, checkpoint_reset) if gold else []
     gold_log = work_dir / "gold.log"
+    backfill_plan = backfill_schedule(len(plan), seed) if backfill else []
+    backfill_log = work_dir / "backfill.log"
+    killed_backfills: list[str] = []  # --offsets of backfills killed before they finished
+
+    def start_backfill(offsets: str) -> _Job:
+        return _Job(conf_file, {**env, "PIPELINES__BACKFILL__PROGRESS": "false"}, backfill_log,
+                    ["--offsets", offsets, "--chunk-records", "2000"], job="backfill")
+
     for i, action in enumerate(plan):
         report.rounds += 1
         report.actions[action] += 1
@@ -259,6 +312,23 @@ def run_chaos(
             shutil.rmtree(cfg.checkpoint_path, ignore_errors=True)
         job = _Job(conf_file, job_env, log, command=ingest_command)
         wait_s = rng.uniform(*round_seconds)
+        backfill_job, backfill_offsets, backfill_kill_at = None, None, None
+        if backfill_plan and backfill_plan[i] != BACKFILL_NONE:
+            report.backfill_actions[backfill_plan[i]] += 1
+            if killed_backfills and rng.random() < 0.5:
+                backfill_offsets = killed_backfills.pop(0)  # resume a killed one: the same run
+                report.backfill_outcomes["resumed in a round"] += 1
+            else:
+                window = backfill_window(broker.bootstrap_servers, topic, cfg.producer.partitions, rng)
+                backfill_offsets = json.dumps(window) if window else None
+            if backfill_offsets is not None:
+                out(f"[chaos] backfill {backfill_plan[i]}: {backfill_offsets}")
+                backfill_job = start_backfill(backfill_offsets)
+                if backfill_plan[i] == BACKFILL_KILL:
+                    backfill_kill_at = time.monotonic() + rng.uniform(3, wait_s)
+                    threading.Timer(max(0.0, backfill_kill_at - time.monotonic()), backfill_job.kill).start()
+            else:
+                report.backfill_outcomes["skipped (broker down)"] += 1
         if action.startswith("fault:"):
             if job.wait(wait_s + 60) is None:  # the point was not reached (no data): kill instead
                 job.kill()
@@ -277,7 +347,24 @@ def run_chaos(
             job.kill()
         if gold_job is not None:  # a gold fault may have fired already; otherwise this is the kill
             gold_job.kill()
+        if backfill_job is not None and backfill_offsets is not None:
+            rc = backfill_job.proc.poll()
+            if rc is None:
+                backfill_job.kill()
+                rc = -9
+            outcome = {0: "finished", -9: "killed"}.get(rc, f"exit {rc}")
+            report.backfill_outcomes[outcome] += 1
+            if rc != 0:  # killed, or refused (e.g. the broker went away): resumed later
+                killed_backfills.append(backfill_offsets)
     prod.join(timeout=900)
+    for offsets in killed_backfills:  # an operator resumes what was killed
+        report.backfills_resumed_at_end += 1
+        out(f"[chaos] resuming the killed backfill {offsets}")
+        resume = start_backfill(offsets)
+        if resume.wait(1800) != 0:
+            report.backfill_resume_failures += 1
+            out(f"[chaos] resuming the backfill failed; see {backfill_log}")
+            resume.kill()
     out("[chaos] producer done; catching up (available-now) ...")
     final = _Job(conf_file, env, log, ["--available-now"], command=ingest_command)
     rc = final.wait(1800)
@@ -297,7 +384,7 @@ def run_chaos(
     except json.JSONDecodeError:
         report.verify = {"ok": False, "error": res.stderr[-2000:]}
     report.produced = produced
-    text = "".join(f.read_text(errors="replace") for f in (log, gold_log) if f.exists())
+    text = "".join(f.read_text(errors="replace") for f in (log, gold_log, backfill_log) if f.exists())
     for m in _CRASH_LINE.finditer(text):
         report.faults_fired[m["point"]] += 1
         if m["point"] == faults.DURING_SILVER and m["before"] is not None and m["before"] == m["after"]:
