@@ -56,6 +56,7 @@ from bench.common import (
 
 SECTIONS = ("drain", "sweep", "freshness", "gold", "backfill", "quality", "merge")
 DEFAULT_SECTIONS = "drain,sweep,freshness,gold,backfill"
+NEEDS_BROKER = frozenset({"drain", "sweep", "freshness", "gold", "backfill", "quality"})
 DRAIN_TOPIC = "drain"
 
 
@@ -137,8 +138,7 @@ def run_sections(st: Settings, sections: list[str], res: dict[str, Any]) -> None
     if st.before is not None:
         probe = run_isolated("probe", work=st.work / "probe-before", code=st.before, label="probe before")
         log(f"before code: commit {st.before.commit}, pipelines from {probe['pipelines_file']}")
-    assert st.bootstrap is not None or not ({"drain", "sweep", "freshness", "gold", "backfill", "quality"}
-                                            & set(sections))
+    assert st.bootstrap is not None or not (NEEDS_BROKER & set(sections))
     drain_topic = None
     need_drain_topic = "drain" in sections or "sweep" in sections or "quality" in sections or (
         ({"freshness", "gold", "backfill"} & set(sections)) and st.fresh_rate is None)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     ok = False
     try:
-        if {"drain", "sweep", "freshness", "gold", "quality"} & set(sections):
+        if NEEDS_BROKER & set(sections):
             log("starting the embedded Kafka broker ...")
             broker = start_broker(work)
             st = dataclasses.replace(st, bootstrap=broker.bootstrap_servers)
