@@ -53,6 +53,7 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
         ingest={"trigger_interval": trigger}, kafka={"starting_offsets": "latest"}, backfill={"progress": False})
     hist = produce(c.kafka.bootstrap_servers, topic, history, rate=0.0, partitions=3, seed=9,
                    duplicate_fraction=0.05, malformed_fraction=0.01, id_prefix=f"hist-{topic}", progress=False)
+    history_end = {topic: {p: (0, n) for p, n in _ends(c, topic).items()}}
     job = IngestJob.from_config(c, out=None)
     stop = threading.Event()
     runner, errors = start_thread("ingest", lambda: run_ingest(spark, c, available_now=False, stop_event=stop,
@@ -60,7 +61,6 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
     wait_running(spark, c.ingest.query_name, runner, errors)
     alone = produce_load(c, topic, job, runner, errors, rate=rate, seconds=seconds, warmup_s=warmup_s,
                          duplicate_fraction=0.05, prefix="alone", min_wait_s=120.0)
-    history_end = {topic: {p: (0, n) for p, n in _history_ends(c, topic, alone.since).items()}}
 
     backfill: dict[str, Any] = {}
     retries_before = writers.conflict_retries_total
@@ -93,7 +93,8 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
         "overlapped": bool(backfill) and backfill["ended"] >= beside_end,
         "conflict_retries": writers.conflict_retries_total - retries_before,
         "silver_rows": spark.read.format("delta").load(silver).count(),
-        "expected_silver_rows": hist.unique_valid + alone.warm + alone.stats.unique_valid + beside.stats.unique_valid,
+        "expected_silver_rows": (hist.unique_valid + alone.warm_unique + alone.stats.unique_valid
+                                 + beside.stats.unique_valid),
     }
     for key in ("p50_s", "p99_s"):
         base = out["alone"][key] or 1e-9
@@ -101,16 +102,14 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
     return out
 
 
-def _history_ends(c: Config, topic: str, before: dt.datetime) -> dict[int, int]:
-    """Per partition, the first offset at or after ``before`` (the history precedes the live records)."""
+def _ends(c: Config, topic: str) -> dict[int, int]:
+    """Per partition, the end offset now (the history, before the stream starts)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": c.kafka.bootstrap_servers, "group.id": "bench-backfill",
                          "enable.auto.commit": False})
     try:
-        ms = int(before.replace(tzinfo=dt.UTC).timestamp() * 1000)
-        found = consumer.offsets_for_times([TopicPartition(topic, p, ms) for p in range(3)], timeout=30)
-        return {tp.partition: int(tp.offset) for tp in found}
+        return {p: int(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]) for p in range(3)}
     finally:
         consumer.close()
 

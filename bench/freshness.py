@@ -77,6 +77,8 @@ class Load:
     since: dt.datetime
     stats: ProduceStats
     deadline: float
+    #: Distinct valid message IDs among the warm-up records.
+    warm_unique: int = 0
 
 
 def produce_load(c: Config, topic: str, job: IngestJob, runner: threading.Thread, errors: list[BaseException], *,
@@ -88,11 +90,12 @@ def produce_load(c: Config, topic: str, job: IngestJob, runner: threading.Thread
     from pipelines.tools.producer import produce
 
     time.sleep(1.0)
-    warm = 0
+    warm = warm_unique = 0
     if warmup_s > 0:
-        warm = produce(c.kafka.bootstrap_servers, topic, int(rate * warmup_s), rate=rate, partitions=3, seed=8,
-                       duplicate_fraction=duplicate_fraction, malformed_fraction=0.0, id_prefix=f"warm-{topic}",
-                       progress=False).sent
+        ws = produce(c.kafka.bootstrap_servers, topic, int(rate * warmup_s), rate=rate, partitions=3, seed=8,
+                     duplicate_fraction=duplicate_fraction, malformed_fraction=0.0, id_prefix=f"warm-{topic}",
+                     progress=False)
+        warm, warm_unique = ws.sent, ws.unique_valid
     since = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     if on_measure:
         on_measure()
@@ -103,7 +106,7 @@ def produce_load(c: Config, topic: str, job: IngestJob, runner: threading.Thread
     while (sum(r.rows_read for r in job.results) < stats.sent + warm and time.monotonic() < deadline
            and runner.is_alive() and not errors):
         time.sleep(0.5)
-    return Load(warm, since, stats, deadline)
+    return Load(warm, since, stats, deadline, warm_unique)
 
 
 def commit_times(spark: SparkSession, table: str) -> DataFrame:

@@ -398,6 +398,14 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
     # replay check reads the tables' whole history, not only their newest commits.
     job.replay_lookup_recent_only = False
     job.conflict_retries = CONFLICT_RETRIES
+    # Whatever the source: once a chunk is in every table, the quarantine rows of its records
+    # that pass now are marked replayed (they are in silver), stale reasons corrected.
+    from pipelines.jobs.replay import settle_quarantine
+
+    def settle(parsed: DataFrame, _batch_id: int) -> None:
+        summary.replayed += settle_quarantine(spark, tables.quarantine, run_id, parsed, job.topic_ids)
+
+    job.after_writes = settle
     if prepare is not None:
         prepare(job)
     todo = [w for w in works if w.index not in done]
@@ -528,9 +536,9 @@ def add_range_arguments(p: argparse.ArgumentParser) -> None:
                    '[first, end)}}, end excluded')
     p.add_argument("--files", metavar="PATH", help="read archived files instead of Kafka: a file, a folder "
                    "(recursive) or a glob, on any Hadoop filesystem (file:, hdfs://, s3a://, abfss://, gs://)")
-    p.add_argument("--format", choices=["json", "parquet"], default="json", help="with --files: JSON lines (one "
+    p.add_argument("--format", choices=["json", "parquet"], help="with --files: JSON lines (one "
                    "message value per line) or Parquet (a `value` column; Kafka's topic/partition/offset/timestamp/"
-                   "key kept when present) (default: %(default)s)")
+                   "key kept when present) (default: json)")
     p.add_argument("--bronze", action="store_true", help="re-derive silver and quarantine from the raw records "
                    "bronze stores (e.g. after a parser fix); --from/--to select by ingest time")
     p.add_argument("--chunk-records", type=int, metavar="N", help="records per chunk (default: "
@@ -550,6 +558,11 @@ def check_range_arguments(args: argparse.Namespace) -> None:
                             hint="give the files to read with --files (a folder or a glob)")
     if args.chunk_mb is not None and not args.files:
         raise PipelineError("--chunk-mb is for --files; Kafka and bronze chunks are sized with --chunk-records")
+    if args.files and args.chunk_records is not None:
+        raise PipelineError("--chunk-records is for Kafka and bronze; file chunks are whole files, sized with "
+                            "--chunk-mb")
+    if args.format and not args.files:
+        raise PipelineError("--format is for --files (the format of the archived files)")
     range_arguments(args)  # the times and offsets parse
 
 
@@ -558,7 +571,7 @@ def run_from_arguments(spark: SparkSession, cfg: Config, args: argparse.Namespac
     if args.files:
         from pipelines.jobs.replay import run_file_backfill
 
-        return run_file_backfill(spark, cfg, args.files, fmt=args.format, chunk_mb=args.chunk_mb)
+        return run_file_backfill(spark, cfg, args.files, fmt=args.format or "json", chunk_mb=args.chunk_mb)
     kwargs = range_arguments(args)
     if args.bronze:
         from pipelines.jobs.replay import run_bronze_backfill

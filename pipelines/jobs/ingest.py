@@ -203,7 +203,8 @@ class IngestJob:
         self.conflict_retries = writers.CONFLICT_RETRIES
         #: False: records re-read from bronze itself (a re-derivation): bronze is not written.
         self.write_bronze = True
-        #: Called with the batch's parsed rows (routed, annotated) once every table committed it.
+        #: Called with the batch's parsed rows (routed, annotated) once every table committed it
+        #: (after its audit row, unless that is deferred): e.g. to mark replayed quarantine rows.
         self.after_writes: Callable[[DataFrame, int], None] | None = None
         #: Kafka topic name -> topic id, recorded on every row (set by :func:`start_ingest`).
         self.topic_ids: dict[str, str] = {}
@@ -326,7 +327,7 @@ class IngestJob:
                 facts["quality"] = [quality.suite.name, [r.as_list() for r in res.quality]]
                 timings["quality"] = _ms(t)
             lineage = X.with_lineage(batch_id, app_id, F.lit(now).cast("timestamp"), self.topic_ids)
-            coords = _offset_range_predicate(res.offsets)
+            coords = offset_range_predicate(res.offsets)
             meta = writers.batch_metadata(app_id, batch_id, res.offsets, contract=self.contract_id,
                                           rows_read=res.rows_read, valid_rows=res.valid_rows,
                                           duplicates_in_batch=res.duplicates_in_batch,
@@ -402,8 +403,6 @@ class IngestJob:
             res.duration_ms = _ms(t0)
             res.timings_ms = timings
             self._prewarm(list(done))
-            if self.after_writes is not None:  # every table has the batch: e.g. mark replayed records
-                self.after_writes(parsed, batch_id)
 
             # The audit row: one per (app id, batch id), keyed, so a re-run never adds a second one;
             # the quality rows (keyed too) are written just before it.
@@ -415,6 +414,8 @@ class IngestJob:
             else:
                 self._write_audit(spark, res, now, versions=versions)
                 self._fault(spark, faults.AFTER_AUDIT, batch_id)
+            if self.after_writes is not None:  # every table has the batch, and its audit row
+                self.after_writes(parsed, batch_id)
         finally:
             parsed.unpersist()
             raw.unpersist()
@@ -865,7 +866,7 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _offset_range_predicate(offsets: dict[str, dict[str, list[int]]]) -> str:
+def offset_range_predicate(offsets: dict[str, dict[str, list[int]]]) -> str:
     """A target-only predicate covering the batch's offset ranges, so the MERGE reads few files."""
     parts = [
         f"(t.{S.KAFKA_TOPIC} = {_sql_str(topic)} AND t.{S.KAFKA_PARTITION} = {int(p)} "

@@ -6,9 +6,11 @@ quality suite, in-batch dedupe, insert-if-absent MERGEs under the run's transact
 
 - **Files** (:func:`run_file_backfill`): JSON lines (one message value per line) or Parquet, at
   any path Hadoop reads (local, ``hdfs://``, ``s3a://``, ``abfss://``, ``gs://``; a file, a folder
-  read recursively, or a glob). Parquet files that carry Kafka coordinates (``topic``,
-  ``partition``, ``offset``: an export of the topic, or of bronze with its ``kafka_*`` names)
-  keep them, so bronze and quarantine recognise records the stream wrote. Records without
+  read recursively, or a glob). Parquet files that carry Kafka coordinates and the topic's id
+  (an export of bronze, with its ``kafka_*`` names) keep them, so bronze and quarantine recognise
+  records the stream wrote; coordinates without the topic's id (``topic``, ``partition``,
+  ``offset``: an export of the topic) are kept with the topic id ``unknown``, apart from the live
+  records (they could be an earlier incarnation's). Records without
   coordinates get the file's URI as ``kafka_topic`` (a Kafka topic name cannot hold ``:``, so
   these never clash with a topic's records), partition 0, and as offset a 64-bit hash of
   the value: the same file read twice gives the same coordinates (bronze and quarantine add
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Config
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
     from pipelines.jobs.ingest import BatchResult, IngestJob
 
 FORMATS = ("json", "parquet")
+#: The topic id of archived records whose files name Kafka's coordinates but not the topic's id.
+UNKNOWN_TOPIC_ID = "unknown"
 
 
 # ---- files ------------------------------------------------------------------------------------
@@ -141,14 +145,14 @@ def read_files(spark: SparkSession, fmt: str, paths: list[str]) -> DataFrame:
         raise PipelineError(f"unknown file format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
     value = F.col(S.SRC_VALUE).cast("binary")
     has_coords = all(c in df.columns for c in (S.SRC_TOPIC, S.SRC_PARTITION, S.SRC_OFFSET))
+    # Without coordinates (or a row with a NULL one): the file's URI, partition 0, and the value's
+    # hash as offset, the same on every read of the file.
+    synthetic = {S.SRC_TOPIC: F.col("_file"), S.SRC_PARTITION: F.lit(0), S.SRC_OFFSET: F.xxhash64(value)}
     cols: dict[str, Column] = {
         S.SRC_KEY: F.col(S.SRC_KEY).cast("binary") if S.SRC_KEY in df.columns else F.lit(None).cast("binary"),
         S.SRC_VALUE: value,
-        S.SRC_TOPIC: (F.col(S.SRC_TOPIC).cast("string") if has_coords
-                      else F.col("_file")),
-        S.SRC_PARTITION: F.col(S.SRC_PARTITION).cast("int") if has_coords else F.lit(0),
-        # Without coordinates: the value's hash, the same on every read of the file.
-        S.SRC_OFFSET: F.col(S.SRC_OFFSET).cast("long") if has_coords else F.xxhash64(value),
+        **{name: (F.coalesce(F.col(name).cast(kind), synthetic[name]) if has_coords else synthetic[name])
+           for name, kind in ((S.SRC_TOPIC, "string"), (S.SRC_PARTITION, "int"), (S.SRC_OFFSET, "long"))},
         # Without Kafka's timestamp, the file's modification time stands in for it (the record was
         # in Kafka before it was archived; the quality rules bound event times by it).
         S.SRC_TIMESTAMP: (F.coalesce(F.col(S.SRC_TIMESTAMP).cast("timestamp"), F.col("_file_time"))
@@ -156,8 +160,12 @@ def read_files(spark: SparkSession, fmt: str, paths: list[str]) -> DataFrame:
     }
     if S.SRC_HEADERS in df.columns:
         cols[S.SRC_HEADERS] = F.col(S.SRC_HEADERS).cast(S.HEADERS_TYPE)
-    if has_coords and S.KAFKA_TOPIC_ID in df.columns:
-        cols[S.KAFKA_TOPIC_ID] = F.col(S.KAFKA_TOPIC_ID).cast("string")
+    if has_coords:
+        # Kafka's coordinates without the topic's id could be those of an earlier incarnation of the
+        # topic (deleted and recreated) or of another cluster: kept apart from the live records.
+        # (A bronze export's NULL ids are rows that came from files: they stay NULL.)
+        cols[S.KAFKA_TOPIC_ID] = (F.col(S.KAFKA_TOPIC_ID).cast("string") if S.KAFKA_TOPIC_ID in df.columns
+                                  else F.lit(UNKNOWN_TOPIC_ID))
     # One row per coordinates, as Kafka delivers them (the keyed writes insert every copy of a key
     # the table lacks): a line repeated within a file, an export holding a record twice.
     keys = [S.SRC_TOPIC, S.SRC_PARTITION, S.SRC_OFFSET, *([S.KAFKA_TOPIC_ID] if S.KAFKA_TOPIC_ID in cols else [])]
@@ -250,6 +258,15 @@ def _as_source_rows(bronze: DataFrame) -> DataFrame:
     )
 
 
+def _in_bronze(bronze: DataFrame, rows: DataFrame) -> DataFrame:
+    """The bronze rows at the coordinates of ``rows`` (null-safe: file rows have no topic id)."""
+    from pipelines.domain import schema as S
+
+    coords = list(S.COORDINATES)
+    wanted = rows.select(*[rows[c].alias(f"_w_{c}") for c in coords])
+    return bronze.join(wanted, [bronze[c].eqNullSafe(wanted[f"_w_{c}"]) for c in coords], "left_semi")
+
+
 def _batch_groups(df: DataFrame) -> list[tuple[str, int, int]]:
     """``(app id, batch id, rows)`` of the stored rows, oldest batch first."""
     from pyspark.sql import functions as F
@@ -261,22 +278,29 @@ def _batch_groups(df: DataFrame) -> list[tuple[str, int, int]]:
     return [(r[S.APP_ID], int(r[S.BATCH_ID]), int(r["n"])) for r in rows]
 
 
-def settle_quarantine(spark: SparkSession, path: str, run_id: str, parsed: DataFrame) -> int:
+def settle_quarantine(spark: SparkSession, path: str, run_id: str, parsed: DataFrame,
+                      topic_ids: Mapping[str, str] | None = None) -> int:
     """Bring the quarantine rows of re-parsed records up to date; returns the rows marked replayed.
 
     ``parsed``: records run through the current parser and rules (after silver committed the
     ones that pass). A quarantine row not replayed yet whose record passes now is marked
     (``replayed_at``, ``replayed_by``: its record is in silver); one whose record still fails, for
     other reasons than recorded, gets the current reasons. Nothing is committed when nothing
-    changes, so a repeated replay writes nothing.
+    changes, so a repeated replay writes nothing. ``topic_ids`` (topic name -> id) gives rows read
+    from Kafka, which carry no ``kafka_topic_id`` yet, the id the batch recorded.
     """
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     from pipelines.domain import schema as S
+    from pipelines.domain import transforms as X
     from pipelines.io import writers
+    from pipelines.jobs.backfill import CONFLICT_RETRIES
+    from pipelines.jobs.ingest import offset_range_predicate
 
     coords = list(S.COORDINATES)
+    if S.KAFKA_TOPIC_ID not in parsed.columns:
+        parsed = parsed.transform(X.with_lineage(0, run_id, F.current_timestamp(), topic_ids))
     s = parsed.select(*coords, (F.size(S.REASON_CODES) == 0).alias("_ok"), S.REASON, S.REASON_CODES,
                       S.REASON_MESSAGE).alias("s")
     q = (spark.read.format("delta").load(path).filter(F.col(S.REPLAYED_AT).isNull())
@@ -285,10 +309,17 @@ def settle_quarantine(spark: SparkSession, path: str, run_id: str, parsed: DataF
     todo = joined.filter(F.col("s._ok") | ~F.col(f"s.{S.REASON_CODES}").eqNullSafe(F.col("q._old"))).select("s.*")
     todo = todo.persist()
     try:
-        counts = todo.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("_ok").cast("long")).alias("ok")).first()
-        if counts is None or not counts["n"]:
+        ranges = todo.groupBy(S.KAFKA_TOPIC, S.KAFKA_PARTITION).agg(
+            F.count(F.lit(1)).alias("n"), F.sum(F.col("_ok").cast("long")).alias("ok"),
+            F.min(S.KAFKA_OFFSET).alias("lo"), F.max(S.KAFKA_OFFSET).alias("hi")).collect()
+        if not ranges:
             return 0
-        cond = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in coords) + f" AND t.{S.REPLAYED_AT} IS NULL"
+        offsets: dict[str, dict[str, list[int]]] = {}
+        for r in ranges:
+            offsets.setdefault(r[S.KAFKA_TOPIC], {})[str(r[S.KAFKA_PARTITION])] = [int(r["lo"]), int(r["hi"])]
+        # Only the files that can hold these coordinates are read (and conflict-checked).
+        cond = (f"({offset_range_predicate(offsets)}) AND " + " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in coords)
+                + f" AND t.{S.REPLAYED_AT} IS NULL")
 
         def merge() -> None:
             (DeltaTable.forPath(spark, path).alias("t").merge(todo.alias("s"), cond)
@@ -297,8 +328,8 @@ def settle_quarantine(spark: SparkSession, path: str, run_id: str, parsed: DataF
              .whenMatchedUpdate(set={c: f"s.{c}" for c in (S.REASON, S.REASON_CODES, S.REASON_MESSAGE)})
              .execute())
 
-        writers.retry_on_conflict(merge)
-        return int(counts["ok"] or 0)
+        writers.retry_on_conflict(merge, retries=CONFLICT_RETRIES)
+        return sum(int(r["ok"] or 0) for r in ranges)
     finally:
         todo.unpersist()
 
@@ -315,6 +346,7 @@ def run_bronze_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime 
     from pipelines.domain import schema as S
 
     size = _chunk_size(cfg, chunk_records)
+    _ensure_tables(spark, cfg)
     bronze_path = cfg.table_path("bronze")
     end = end or _utcnow_aware()
     bronze = spark.read.format("delta").load(bronze_path).filter(_time_filter(S.INGESTED_AT, start, end))
@@ -326,12 +358,8 @@ def run_bronze_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime 
     def read(w: Work) -> DataFrame:
         return _as_source_rows(bronze.filter(_batches_predicate(json.loads(w.spec))))
 
-    def settle(parsed: DataFrame, _batch_id: int) -> None:
-        summary.replayed += settle_quarantine(spark, cfg.table_path("quarantine"), summary.run_id, parsed)
-
     def prepare(job: IngestJob) -> None:
         job.write_bronze = False
-        job.after_writes = settle  # after every table committed the chunk
 
     return _execute(spark, cfg, summary, works, read, job=job, out=out, on_chunk=on_chunk, prepare=prepare)
 
@@ -392,10 +420,8 @@ def run_quarantine_replay(spark: SparkSession, cfg: Config, *, reason: str | Non
     ``dry_run`` nothing is written: ``records`` counts the selected rows and ``passing`` those
     that would move (before the dedupe against silver).
     """
-    from pipelines.domain import schema as S
-
     size = _chunk_size(cfg, chunk_records)
-    coords = list(S.COORDINATES)
+    _ensure_tables(spark, cfg)  # before reading the replay columns (a table to migrate says so)
     selected = quarantine_selection(spark, cfg, reason=reason, since=since)
     bronze = spark.read.format("delta").load(cfg.table_path("bronze"))
     works = plan_batch_chunks(_batch_groups(selected), size)
@@ -403,11 +429,10 @@ def run_quarantine_replay(spark: SparkSession, cfg: Config, *, reason: str | Non
     summary = BackfillSummary(run_id_for("quarantine", params, works), "quarantine", ranges=params)
 
     def records(w: Work) -> DataFrame:
-        wanted = selected.filter(_batches_predicate(json.loads(w.spec))).select(*coords)
-        return _as_source_rows(bronze.join(wanted, coords, "left_semi"))
+        return _as_source_rows(_in_bronze(bronze, selected.filter(_batches_predicate(json.loads(w.spec)))))
 
     if dry_run:
-        found = _as_source_rows(bronze.join(selected.select(*coords), coords, "left_semi")).persist()
+        found = _as_source_rows(_in_bronze(bronze, selected)).persist()
         try:
             summary.chunks = len(works)
             summary.records = sum(w.records or 0 for w in works)
@@ -423,6 +448,7 @@ def run_quarantine_replay(spark: SparkSession, cfg: Config, *, reason: str | Non
 
     def prepare(job: IngestJob) -> None:
         job.write_bronze = False
+        job.after_writes = None  # only records that pass reach the batch: settled after the chunk
 
     def settle(w: Work, _res: BatchResult) -> None:
         # After the chunk's silver commit: mark the rows that passed, correct the reasons of the rest.
@@ -433,6 +459,13 @@ def run_quarantine_replay(spark: SparkSession, cfg: Config, *, reason: str | Non
                     on_chunk=on_chunk, prepare=prepare, after_chunk=settle)
 
 
+def _ensure_tables(spark: SparkSession, cfg: Config) -> None:
+    from pipelines.domain.schema import EventSpec
+    from pipelines.io.tables import TablePaths, ensure_tables
+
+    ensure_tables(spark, TablePaths.from_config(cfg), EventSpec.from_config(cfg.events))
+
+
 def _contract(cfg: Config) -> str:
     """The fingerprint of the event contract and quarantine rules the records are routed by now."""
     from pipelines.domain.schema import EventSpec
@@ -440,7 +473,19 @@ def _contract(cfg: Config) -> str:
     from pipelines.quality.batch import batch_quality
 
     spec = EventSpec.from_config(cfg.events)
-    return contract_id_of(spec, batch_quality(cfg, spec))
+    return contract_id_of(spec, batch_quality(cfg, spec)) + "-" + code_fingerprint()
+
+
+def code_fingerprint() -> str:
+    """A hash of the code that parses and routes records: a parser fix changes it, and so the run."""
+    import hashlib
+    from pathlib import Path
+
+    import pipelines
+
+    root = Path(pipelines.__file__).parent
+    files = [root / "domain" / "transforms.py", root / "domain" / "schema.py", *sorted((root / "quality").glob("*.py"))]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files if f.exists())).hexdigest()[:12]
 
 
 def _utcnow_aware() -> dt.datetime:

@@ -194,11 +194,12 @@ def verify(spark: SparkSession, cfg: Config, *, ledger_files: list[Path] | None 
     source = [S.KAFKA_TOPIC, S.KAFKA_TOPIC_ID]
     bronze_all = spark.read.format("delta").load(tables.bronze).select(*coords).persist()
     bronze = bronze_all.join(now, source, "left_semi")
-    quarantine_all = spark.read.format("delta").load(tables.quarantine).select(
-        *coords, S.REASON, S.REASON_CODES, S.REPLAYED_AT).persist()
+    q = spark.read.format("delta").load(tables.quarantine)
+    replayed = F.col(S.REPLAYED_AT).isNotNull() if S.REPLAYED_AT in q.columns else F.lit(False)  # not migrated yet
+    quarantine_all = q.select(*coords, S.REASON, S.REASON_CODES, replayed.alias("_replayed")).persist()
     # Rows a replay moved into silver stay in quarantine as history; the checks below are about
     # the records quarantined now.
-    quarantine = quarantine_all.filter(F.col(S.REPLAYED_AT).isNull()).join(now, source, "left_semi")
+    quarantine = quarantine_all.filter(~F.col("_replayed")).join(now, source, "left_semi")
     silver_all = spark.read.format("delta").load(tables.silver).select(
         S.MESSAGE_ID, S.PAYLOAD, *coords, *data_fields, S.EVENT_DATE).persist()
     silver = silver_all.join(now, source, "left_semi")

@@ -9,6 +9,8 @@ import json
 import pytest
 from pyspark.sql import functions as F
 
+from pipelines.domain.schema import EventSpec
+from pipelines.io.tables import TablePaths, migrate_tables
 from pipelines.io.writers import table_version
 from pipelines.jobs import replay
 from pipelines.jobs.backfill import run_backfill
@@ -43,13 +45,19 @@ def test_archived_files_land_once_and_exports_with_coordinates_add_nothing(spark
                                        conflicting_fraction=0.0, cross_partition_fraction=0.0,
                                        malformed_fraction=0.03, late_fraction=0.0, id_prefix="f62")
                if r.value is not None and b"\n" not in r.value and b"\r" not in r.value]
+    # Three events without a customer_id (a field the contract requires, for now).
+    template = json.loads(next(r.value for r in records if r.expected_reason is None))
+    no_customer = [json.dumps({**{k: v for k, v in template.items() if k != "customer_id"},
+                               "message_id": f"f62-nocustomer-{i}"}).encode() for i in range(3)]
     halves = (records[:800], records[800:])
     for i, part in enumerate(halves):
-        (archive / f"part-{i}.jsonl").write_bytes(b"".join(r.value + b"\n" for r in part))
+        (archive / f"part-{i}.jsonl").write_bytes(b"".join(r.value + b"\n" for r in part)
+                                                  + (b"".join(v + b"\n" for v in no_customer) if i else b""))
     (archive / "_SUCCESS").write_text("")  # a marker file is not data
     valid_ids = {r.message_id for r in records if r.expected_reason is None}
-    distinct_lines = sum(len({r.value for r in part}) for part in halves)
-    malformed_lines = sum(len({r.value for r in part if r.expected_reason is not None}) for part in halves)
+    distinct_lines = sum(len({r.value for r in part}) for part in halves) + len(no_customer)
+    malformed_lines = sum(len({r.value for r in part if r.expected_reason is not None}) for part in halves) + len(
+        no_customer)
 
     before_silver = table(spark, cfg, "silver").count()
     s = run_file_backfill(spark, cfg, str(tmp_path / "archive"), chunk_mb=0.05, out=None)
@@ -78,6 +86,24 @@ def test_archived_files_land_once_and_exports_with_coordinates_add_nothing(spark
     assert exported.bronze_inserted == exported.quarantined == exported.silver_inserted == 0
     report = verify(spark, cfg)  # the Kafka records: every check; the file rows: counted, not in Kafka
     assert report.ok, report.table()
+
+    # The contract makes customer_id optional (`migrate` drops the NOT NULL): a quarantine replay
+    # finds the file rows' raw records in bronze (they have no topic id) and moves them into silver.
+    fields = [dataclasses.asdict(f) for f in cfg.events.fields]
+    for f in fields:
+        if f["name"] == "customer_id":
+            f["required"] = False
+    relaxed = cfg.with_overrides(events={"fields": fields})
+    migrate_tables(spark, TablePaths.from_config(relaxed), EventSpec.from_config(relaxed.events))
+    moved = run_quarantine_replay(spark, relaxed, reason="MISSING_FIELD:customer_id", out=None)
+    # Ours, and any of the generator's own records that lack only the customer_id.
+    ids = sorted({f"f62-nocustomer-{i}" for i in range(3)} | {
+        r.message_id for r in records if r.kind == "missing_field" and "customer_id" not in json.loads(r.value)})
+    assert moved.rows_read == moved.replayed == moved.silver_inserted == len(ids)
+    assert table(spark, relaxed, "silver").filter(F.col("message_id").isin(ids)).count() == len(ids)
+    marked = table(spark, relaxed, "quarantine").filter(F.col("replayed_by") == moved.run_id)
+    assert sorted(r.message_id for r in marked.collect()) == ids
+    assert all(r.kafka_topic.startswith("file:") for r in marked.collect())
 
 
 def _contract(cfg, allowed):
