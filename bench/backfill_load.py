@@ -19,14 +19,13 @@ its latency alone while a backfill runs.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.common import log, run_isolated
 from bench.drain import ours_cfg
-from bench.freshness import FRESH_MAX_OFFSETS, latencies, produce_load, start_thread, wait_running
+from bench.freshness import FRESH_MAX_OFFSETS, latencies, produce_load, start_stream, start_thread
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -46,7 +45,6 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
     """See the module docstring."""
     from pipelines.io import writers
     from pipelines.jobs.backfill import run_backfill
-    from pipelines.jobs.ingest import IngestJob, run_ingest
     from pipelines.tools.producer import produce
 
     c = ours_cfg(cfg, topic, work, FRESH_MAX_OFFSETS, name="bf").with_overrides(
@@ -54,11 +52,7 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
     hist = produce(c.kafka.bootstrap_servers, topic, history, rate=0.0, partitions=3, seed=9,
                    duplicate_fraction=0.05, malformed_fraction=0.01, id_prefix=f"hist-{topic}", progress=False)
     history_end = {topic: {p: (0, n) for p, n in _ends(c, topic).items()}}
-    job = IngestJob.from_config(c, out=None)
-    stop = threading.Event()
-    runner, errors = start_thread("ingest", lambda: run_ingest(spark, c, available_now=False, stop_event=stop,
-                                                               job=job))
-    wait_running(spark, c.ingest.query_name, runner, errors)
+    job, stop, runner, errors = start_stream(spark, c)
     alone = produce_load(c, topic, job, runner, errors, rate=rate, seconds=seconds, warmup_s=warmup_s,
                          duplicate_fraction=0.05, prefix="alone", min_wait_s=120.0)
 

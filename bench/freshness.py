@@ -152,18 +152,25 @@ def latencies(spark: SparkSession, silver: str, since: dt.datetime | None = None
             "max_s": (q["max"] or 0) / 1e6}
 
 
-def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: float, seconds: float,
-            trigger: str, max_offsets: int = FRESH_MAX_OFFSETS, warmup_s: float = 0.0) -> dict[str, Any]:
-    """Run the streaming job, produce ``rate`` records/s for ``warmup_s`` (not measured) and then
-    ``seconds``, stop; latency to silver visibility of the measured records."""
+def start_stream(spark: SparkSession, c: Config) -> tuple[IngestJob, threading.Event, threading.Thread,
+                                                          list[BaseException]]:
+    """Start the streaming ingest job of ``c`` in a thread; return once its query waits for data."""
     from pipelines.jobs.ingest import IngestJob, run_ingest
 
-    c = ours_cfg(cfg, topic, work, max_offsets, name="fresh").with_overrides(ingest={"trigger_interval": trigger})
     job = IngestJob.from_config(c, out=None)
     stop = threading.Event()
     runner, errors = start_thread("ingest", lambda: run_ingest(spark, c, available_now=False, stop_event=stop,
                                                                job=job))
     wait_running(spark, c.ingest.query_name, runner, errors)
+    return job, stop, runner, errors
+
+
+def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: float, seconds: float,
+            trigger: str, max_offsets: int = FRESH_MAX_OFFSETS, warmup_s: float = 0.0) -> dict[str, Any]:
+    """Run the streaming job, produce ``rate`` records/s for ``warmup_s`` (not measured) and then
+    ``seconds``, stop; latency to silver visibility of the measured records."""
+    c = ours_cfg(cfg, topic, work, max_offsets, name="fresh").with_overrides(ingest={"trigger_interval": trigger})
+    job, stop, runner, errors = start_stream(spark, c)
     load = produce_load(c, topic, job, runner, errors, rate=rate, seconds=seconds, warmup_s=warmup_s,
                         duplicate_fraction=0.0, prefix="fresh", min_wait_s=120.0)
     warm, since, stats = load.warm, load.since, load.stats
