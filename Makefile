@@ -15,7 +15,7 @@ help:
 	@echo "make test       set up, then run the whole test suite (real Spark, Delta and Kafka)"
 	@echo "make setup      venv + pinned Python packages + jars from Maven Central (idempotent)"
 	@echo "make check      ruff (with docstring rules) and mypy"
-	@echo "make chaos      long fault-injection run (kill -9, broker restarts); make chaos-quick: a bounded one"
+	@echo "make chaos      long fault-injection run (kill -9, broker restarts, backfills beside the stream); make chaos-quick: a bounded one"
 	@echo "make bench      benchmarks (python -m bench, long; BENCH_ARGS='--quick' or '--before-src DIR')"
 	@echo "make bench-merge  the slow MERGE scaling section into bench/results/merge-scope"
 	@echo "make kafka-up | kafka-down | kafka-status    the embedded broker (127.0.0.1)"
