@@ -97,20 +97,25 @@ def list_files(spark: SparkSession, path: str) -> list[tuple[str, int, int]]:
     return sorted(found.values())
 
 
+def _pack(items: list[tuple[Any, int]], limit: int) -> list[tuple[list[Any], int]]:
+    """Consecutive ``(item, size)`` pairs, in order, in groups of at most ``limit`` total size.
+
+    An item larger than ``limit`` is a group alone. Returns ``(items, total size)`` per group.
+    """
+    groups: list[tuple[list[Any], int]] = []
+    for item, size in items:
+        if groups and groups[-1][1] + size <= limit:
+            groups[-1][0].append(item)
+            groups[-1] = (groups[-1][0], groups[-1][1] + size)
+        else:
+            groups.append(([item], size))
+    return groups
+
+
 def plan_file_chunks(files: list[tuple[str, int, int]], chunk_bytes: int) -> list[Work]:
     """Consecutive files (sorted) grouped into chunks of at most ``chunk_bytes`` (a larger file is a chunk alone)."""
-    works: list[Work] = []
-    group: list[tuple[str, int, int]] = []
-    size = 0
-    for f in files:
-        if group and size + f[1] > chunk_bytes:
-            works.append(Work(len(works), json.dumps([list(g) for g in group]), None))
-            group, size = [], 0
-        group.append(f)
-        size += f[1]
-    if group:
-        works.append(Work(len(works), json.dumps([list(g) for g in group]), None))
-    return works
+    return [Work(i, json.dumps(group), None)
+            for i, (group, _) in enumerate(_pack([(list(f), f[1]) for f in files], chunk_bytes))]
 
 
 def read_files(spark: SparkSession, fmt: str, paths: list[str]) -> DataFrame:
@@ -212,22 +217,8 @@ def plan_batch_chunks(groups: list[tuple[str, int, int]], chunk_records: int) ->
     ``groups``: stored rows counted by the batch that wrote them, ``(app id, batch id, rows)``,
     in the order to run them.
     """
-    works: list[Work] = []
-    group: list[list[Any]] = []
-    rows = 0
-
-    def close() -> None:
-        works.append(Work(len(works), json.dumps(group), rows))
-
-    for app_id, batch_id, n in groups:
-        if group and rows + n > chunk_records:
-            close()
-            group, rows = [], 0
-        group.append([app_id, int(batch_id)])
-        rows += int(n)
-    if group:
-        close()
-    return works
+    return [Work(i, json.dumps(group), rows) for i, (group, rows) in
+            enumerate(_pack([([app_id, int(batch_id)], int(n)) for app_id, batch_id, n in groups], chunk_records))]
 
 
 def _batches_predicate(batches: list[list[Any]]) -> Column:
@@ -348,7 +339,7 @@ def run_bronze_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime 
     size = _chunk_size(cfg, chunk_records)
     _ensure_tables(spark, cfg)
     bronze_path = cfg.table_path("bronze")
-    end = end or _utcnow_aware()
+    end = end or dt.datetime.now(dt.UTC)
     bronze = spark.read.format("delta").load(bronze_path).filter(_time_filter(S.INGESTED_AT, start, end))
     works = plan_batch_chunks(_batch_groups(bronze), size)
     # The contract is part of the run: a re-derivation after another parser or rule fix is a new run.
@@ -486,10 +477,6 @@ def code_fingerprint() -> str:
     root = Path(pipelines.__file__).parent
     files = [root / "domain" / "transforms.py", root / "domain" / "schema.py", *sorted((root / "quality").glob("*.py"))]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files if f.exists())).hexdigest()[:12]
-
-
-def _utcnow_aware() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _time_filter(column: str, start: dt.datetime | None, end: dt.datetime | None) -> Column:
