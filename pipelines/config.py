@@ -247,6 +247,9 @@ class BackfillConfig:
     chunk_records: int = 100_000
     #: File backfills: whole files per chunk, about this many MiB of them (a larger file alone).
     file_chunk_mb: int = 128
+    #: At most this many records per second, on average over the chunks (a pause after each chunk);
+    #: leaves the live stream its share of a shared machine. None: as fast as it goes.
+    max_records_per_second: float | None = None
     #: Print a progress bar (rows, rate, ETA).
     progress: bool = True
 

@@ -321,6 +321,8 @@ class BackfillSummary:
     #: Quarantine replay dry run: selected records that pass now (None otherwise).
     passing: int | None = None
     seconds: float = 0.0
+    #: Seconds spent pausing between chunks (``backfill.max_records_per_second``).
+    paused_s: float = 0.0
     ranges: Any = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -339,7 +341,8 @@ class BackfillSummary:
                 f"done before), read {self.rows_read} | bronze +{self.bronze_inserted} | quarantined "
                 f"+{self.quarantined} | silver +{self.silver_inserted} | dups in batch {self.duplicates_in_batch} | "
                 f"dups vs table {self.duplicates_in_table}{replayed}"
-                + ("" if added else " | added nothing: every record was there") + f" | {self.seconds:.1f}s")
+                + ("" if added else " | added nothing: every record was there") + f" | {self.seconds:.1f}s"
+                + (f" ({self.paused_s:.1f}s paused by backfill.max_records_per_second)" if self.paused_s else ""))
 
 
 def _utcnow() -> dt.datetime:
@@ -352,6 +355,33 @@ def _chunk_size(cfg: Config, chunk_records: int | None) -> int:
         raise PipelineError(f"chunks must hold at least one record, got {size}",
                             hint="--chunk-records (or backfill.chunk_records) must be >= 1")
     return size
+
+
+class RateLimit:
+    """Holds the average rate of a run to ``max_per_s`` rows per second by pausing between chunks.
+
+    A chunk runs at full speed; the pause after it lasts until the rows so far are due at the
+    limit, so the live stream has the cores to itself meanwhile. ``None``: no limit.
+    """
+
+    def __init__(self, max_per_s: float | None, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if max_per_s is not None and max_per_s <= 0:
+            raise PipelineError(f"backfill.max_records_per_second must be > 0 (or null: no limit), got {max_per_s}")
+        self.max_per_s, self.clock, self.sleep = max_per_s, clock, sleep
+        self.started = clock()
+        self.rows = 0
+
+    def after(self, rows: int) -> float:
+        """Account for a chunk of ``rows``; pause if ahead of the limit. Returns the seconds paused."""
+        self.rows += rows
+        if self.max_per_s is None:
+            return 0.0
+        pause = self.started + self.rows / self.max_per_s - self.clock()
+        if pause <= 0:
+            return 0.0
+        self.sleep(pause)
+        return pause
 
 
 def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: list[Work],
@@ -410,6 +440,7 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
         prepare(job)
     todo = [w for w in works if w.index not in done]
     known = all(w.records is not None for w in todo)
+    limit = RateLimit(cfg.backfill.max_records_per_second)
     bar = tqdm(total=sum(w.records or 0 for w in todo) if known else None, unit="rec", unit_scale=True,
                desc=run_id, file=sys.stderr, disable=not cfg.backfill.progress or out is None, dynamic_ncols=True)
     try:
@@ -446,6 +477,8 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
             bar.set_postfix(silver=summary.silver_inserted, chunk=f"{work.index + 1}/{len(works)}")
             if on_chunk is not None:
                 on_chunk(work, res)
+            if work is not todo[-1]:
+                summary.paused_s += limit.after(res.rows_read)
     finally:
         bar.close()
     summary.seconds = time.monotonic() - t0
@@ -545,6 +578,9 @@ def add_range_arguments(p: argparse.ArgumentParser) -> None:
                    "backfill.chunk_records)")
     p.add_argument("--chunk-mb", type=float, metavar="MB", help="with --files: MiB of whole files per chunk "
                    "(default: backfill.file_chunk_mb)")
+    p.add_argument("--max-rate", type=float, metavar="RECORDS_PER_S", help="hold the average rate to this "
+                   "(a pause after each chunk), leaving the live stream its share of the cores (default: "
+                   "backfill.max_records_per_second; none: no limit)")
 
 
 def check_range_arguments(args: argparse.Namespace) -> None:
@@ -568,6 +604,8 @@ def check_range_arguments(args: argparse.Namespace) -> None:
 
 def run_from_arguments(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> BackfillSummary:
     """Run the backfill the parsed options describe."""
+    if args.max_rate is not None:
+        cfg = cfg.with_overrides(backfill={"max_records_per_second": args.max_rate})
     if args.files:
         from pipelines.jobs.replay import run_file_backfill
 

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from pipelines.errors import PipelineError
-from pipelines.jobs.backfill import Chunk, parse_offsets, parse_time, plan_chunks, run_id_of
+from pipelines.jobs.backfill import Chunk, RateLimit, parse_offsets, parse_time, plan_chunks, run_id_of
 
 
 def covered(chunks: list[Chunk]) -> dict[tuple[str, int], list[tuple[int, int]]]:
@@ -114,3 +114,24 @@ def test_a_run_id_names_its_kind_parameters_and_chunks():
     assert rid != run_id_for("quarantine", {"reason": None, "contract": "c2"}, works)  # after another rule fix
     assert rid != run_id_for("bronze", {"reason": None, "contract": "c1"}, works)
     assert rid != run_id_for("quarantine", {"reason": None, "contract": "c1"}, [Work(0, '[["a", 1]]', 5)])
+
+
+def test_rate_limit_pauses_until_the_rows_so_far_are_due():
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    limit = RateLimit(1000.0, clock=lambda: now[0], sleep=sleep)
+    now[0] += 2.0                       # a chunk of 5,000 rows took 2 s: due at 5 s
+    assert limit.after(5000) == pytest.approx(3.0) and now[0] == pytest.approx(105.0)
+    now[0] += 7.0                       # the next 5,000 took 7 s: behind the limit, no pause
+    assert limit.after(5000) == 0.0 and slept == [pytest.approx(3.0)]
+    now[0] += 1.0                       # 1,000 more in 1 s: 11,000 rows due at 11 s, it is 13 s
+    assert limit.after(1000) == 0.0
+    unlimited = RateLimit(None, clock=lambda: now[0], sleep=sleep)
+    assert unlimited.after(10**9) == 0.0 and len(slept) == 1
+    with pytest.raises(PipelineError, match="backfill.max_records_per_second must be > 0"):
+        RateLimit(0)
