@@ -8,7 +8,8 @@ two measured windows of ``--fresh-seconds`` each:
 
 1. **alone**: only the stream writes;
 2. **beside a backfill**: a backfill of the whole history (``run_backfill`` with the default
-   ``backfill.chunk_records``, in its own thread) writes into the same bronze, quarantine, silver
+   ``backfill.chunk_records``, in its own thread, its rate held to ``BACKFILL_LOAD`` x our drain
+   rate by ``backfill.max_records_per_second``) writes into the same bronze, quarantine, silver
    and audit tables at the same time; the two sides' conflicting commits are retried.
 
 Freshness per record as in section 3: the silver commit that made it visible minus its Kafka
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from pipelines.config import Config
 
 LOAD = 0.25
+#: The backfill's rate limit (``backfill.max_records_per_second``), as a fraction of our drain rate:
+#: stream and backfill together then ask for half of what the machine drains.
+BACKFILL_LOAD = 0.25
 #: Records in the topic before the stream starts: what the backfill reads (quick: a few thousand).
 HISTORY = 400_000
 QUICK_HISTORY = 4_000
@@ -41,14 +45,16 @@ QUICK_HISTORY = 4_000
 
 # ---- worker side -------------------------------------------------------------------------------------
 def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: float, seconds: float,
-            trigger: str, history: int, warmup_s: float = 0.0) -> dict[str, Any]:
+            trigger: str, history: int, warmup_s: float = 0.0,
+            backfill_rate: float | None = None) -> dict[str, Any]:
     """See the module docstring."""
     from pipelines.io import writers
     from pipelines.jobs.backfill import run_backfill
     from pipelines.tools.producer import produce
 
     c = ours_cfg(cfg, topic, work, FRESH_MAX_OFFSETS, name="bf").with_overrides(
-        ingest={"trigger_interval": trigger}, kafka={"starting_offsets": "latest"}, backfill={"progress": False})
+        ingest={"trigger_interval": trigger}, kafka={"starting_offsets": "latest"},
+        backfill={"progress": False, "max_records_per_second": backfill_rate})
     hist = produce(c.kafka.bootstrap_servers, topic, history, rate=0.0, partitions=3, seed=9,
                    duplicate_fraction=0.05, malformed_fraction=0.01, id_prefix=f"hist-{topic}", progress=False)
     history_end = {topic: {p: (0, n) for p, n in _ends(c, topic).items()}}
@@ -63,7 +69,8 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
         t0 = time.monotonic()
         s = run_backfill(spark.newSession(), c, offsets=history_end, out=None)
         backfill.update(records=s.rows_read, silver_inserted=s.silver_inserted, chunks=s.chunks,
-                        seconds=time.monotonic() - t0, ended=dt.datetime.now(dt.UTC).replace(tzinfo=None))
+                        seconds=time.monotonic() - t0, paused_s=s.paused_s,
+                        ended=dt.datetime.now(dt.UTC).replace(tzinfo=None))
 
     bf, bf_errors = start_thread("backfill", run)
     time.sleep(2.0)  # the backfill's first chunk is under way
@@ -79,7 +86,7 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
     silver = c.table_path("silver")
     out: dict[str, Any] = {
         "rate": rate, "seconds": seconds, "trigger": trigger, "history": hist.sent,
-        "chunk_records": c.backfill.chunk_records,
+        "chunk_records": c.backfill.chunk_records, "backfill_rate": backfill_rate,
         "alone": latencies(spark, silver, since=alone.since, until=beside.since),
         "beside": latencies(spark, silver, since=beside.since),
         "backfill": backfill,
@@ -117,13 +124,15 @@ def run(st: Settings, max_rate: float) -> dict[str, Any]:
     topic = "backfill-25"
     ensure_topic(st.bootstrap, topic, 3)
     rate = max_rate * LOAD
+    backfill_rate = max_rate * BACKFILL_LOAD
     history = QUICK_HISTORY if st.quick else HISTORY
     log(f"backfill: the stream at {LOAD:.0%} of {max_rate:.0f}/s = {rate:.0f}/s, {st.fresh_seconds:.0f}s alone, then "
-        f"{st.fresh_seconds:.0f}s beside a backfill of {history:,} records ...")
+        f"{st.fresh_seconds:.0f}s beside a backfill of {history:,} records (at most {backfill_rate:.0f}/s) ...")
     r = run_isolated("backfill", work=st.work / "backfill", code=st.after, label="freshness beside a backfill",
                      timeout_s=2 * st.fresh_seconds + st.timeout_s,
                      args={"bootstrap": st.bootstrap, "topic": topic, "rate": rate, "seconds": st.fresh_seconds,
-                           "trigger": st.trigger, "warmup-seconds": st.fresh_warmup_s, "records": history})
+                           "trigger": st.trigger, "warmup-seconds": st.fresh_warmup_s, "records": history,
+                           "backfill-rate": backfill_rate})
     r["load"] = f"{LOAD:.0%}"
     log(f"  alone p50 {r['alone']['p50_s']:.2f}s p99 {r['alone']['p99_s']:.2f}s; beside a backfill p50 "
         f"{r['beside']['p50_s']:.2f}s p99 {r['beside']['p99_s']:.2f}s ({r['ratio_p50']:.1f}x, {r['ratio_p99']:.1f}x)")
@@ -138,8 +147,11 @@ def lines(res: dict[str, Any]) -> list[str]:
     out = ["## 7. The stream's freshness beside a concurrent backfill (one JVM)", "",
            f"The stream at {b['rate']:,.0f} records/s ({b['load']} of our drain rate), trigger `{b['trigger']}`: "
            f"{b['seconds']:.0f} s alone, then {b['seconds']:.0f} s while a backfill of {b['history']:,} older records "
-           f"(chunks of {b['chunk_records']:,}) writes into the same tables. The backfill read "
-           f"{bf.get('records', 0):,} records in {bf.get('seconds', 0):.0f} s ({bf.get('chunks', 0)} chunks); it "
+           f"(chunks of {b['chunk_records']:,}) writes into the same tables"
+           + (f", its rate held to {b['backfill_rate']:,.0f} records/s by `backfill.max_records_per_second`"
+              if b.get("backfill_rate") else ", as fast as it goes") + ". The backfill read "
+           f"{bf.get('records', 0):,} records in {bf.get('seconds', 0):.0f} s ({bf.get('chunks', 0)} chunks, "
+           f"{bf.get('paused_s', 0):.0f} s of it paused between chunks); it "
            f"was running for the whole second window: {b['overlapped']}. Conflicting commits retried (both "
            f"sides): {b['conflict_retries']}. "
            f"Silver rows at the end: {b['silver_rows']:,} (expected {b['expected_silver_rows']:,}).", "",

@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, help="freshness: how long to produce (measured)")
     p.add_argument("--warmup-seconds", type=float, default=0.0, help="freshness: produce this long first, unmeasured")
     p.add_argument("--trigger", default="0 seconds", help="freshness: the processing-time trigger interval")
+    p.add_argument("--backfill-rate", type=float, help="backfill: backfill.max_records_per_second (none: no limit)")
     p.add_argument("--merge-size", type=int, help="merge: silver rows before the MERGE")
     p.add_argument("--merge-batch-rows", type=int, default=100_000, help="merge: rows of the merged batch")
     return p.parse_args(argv)
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             return backfill_measure(spark, cfg, _need(args, "topic"), work, rate=_need(args, "rate"),
                                     seconds=_need(args, "seconds"), trigger=args.trigger,
-                                    history=_need(args, "records"), warmup_s=args.warmup_seconds)
+                                    history=_need(args, "records"), warmup_s=args.warmup_seconds,
+                                    backfill_rate=args.backfill_rate)
         if args.pipeline == "merge":
             from bench.merge_scope import merge_scaling
 
