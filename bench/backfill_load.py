@@ -7,8 +7,8 @@ produced at a fixed rate (a fraction of our median drain rate) for an unmeasured
 two measured windows of ``--fresh-seconds`` each:
 
 1. **alone**: only the stream writes;
-2. **beside a backfill**: a backfill of the whole history (``run_backfill`` with the default
-   ``backfill.chunk_records``, in its own thread, its rate held to ``BACKFILL_LOAD`` x our drain
+2. **beside a backfill**: a backfill of the whole history (``run_backfill`` in chunks of
+   ``BACKFILL_CHUNK_RECORDS``, in its own thread, its rate held to ``BACKFILL_LOAD`` x our drain
    rate by ``backfill.max_records_per_second``) writes into the same bronze, quarantine, silver
    and audit tables at the same time; the two sides' conflicting commits are retried.
 
@@ -38,6 +38,9 @@ LOAD = 0.25
 #: The backfill's rate limit (``backfill.max_records_per_second``), as a fraction of our drain rate:
 #: stream and backfill together then ask for half of what the machine drains.
 BACKFILL_LOAD = 0.25
+#: The backfill's chunks: smaller than the default 100,000, so the stream's batches meet a steady
+#: share of the backfill's work instead of a whole 100,000-record chunk at a time (the p99).
+BACKFILL_CHUNK_RECORDS = 20_000
 #: Records in the topic before the stream starts: what the backfill reads (quick: a few thousand).
 HISTORY = 400_000
 QUICK_HISTORY = 4_000
@@ -54,7 +57,8 @@ def measure(spark: SparkSession, cfg: Config, topic: str, work: Path, *, rate: f
 
     c = ours_cfg(cfg, topic, work, FRESH_MAX_OFFSETS, name="bf").with_overrides(
         ingest={"trigger_interval": trigger}, kafka={"starting_offsets": "latest"},
-        backfill={"progress": False, "max_records_per_second": backfill_rate})
+        backfill={"progress": False, "max_records_per_second": backfill_rate,
+                  "chunk_records": BACKFILL_CHUNK_RECORDS})
     hist = produce(c.kafka.bootstrap_servers, topic, history, rate=0.0, partitions=3, seed=9,
                    duplicate_fraction=0.05, malformed_fraction=0.01, id_prefix=f"hist-{topic}", progress=False)
     history_end = {topic: {p: (0, n) for p, n in _ends(c, topic).items()}}
