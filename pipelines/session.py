@@ -70,14 +70,17 @@ def session_conf(cfg: Config, extra: Mapping[str, str] | None = None) -> dict[st
     conf["spark.sql.session.timeZone"] = "UTC"
     conf["spark.sql.extensions"] = _with_delta_extension(conf.get("spark.sql.extensions", ""))
     conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
-    java_opts = ["-Duser.timezone=UTC"]
+    java_opts = {"spark.driver.extraJavaOptions": ["-Duser.timezone=UTC"],
+                 "spark.executor.extraJavaOptions": ["-Duser.timezone=UTC"]}
     if cfg.spark.log4j_file:
         log4j = Path(cfg.path(cfg.spark.log4j_file))
         if not log4j.exists():
             raise ConfigError(f"spark.log4j_file {log4j} does not exist (from {', '.join(cfg.sources)})")
-        java_opts.append(f"-Dlog4j2.configurationFile=file:{log4j}")
-    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
-        conf[key] = " ".join([conf[key], *java_opts] if conf.get(key) else java_opts)
+        # The driver's only: on a cluster the path does not exist on the executors' machines (they
+        # log with their workers' own log4j2 configuration; local mode has no separate executors).
+        java_opts["spark.driver.extraJavaOptions"].append(f"-Dlog4j2.configurationFile=file:{log4j}")
+    for key, opts in java_opts.items():
+        conf[key] = " ".join([conf[key], *opts] if conf.get(key) else opts)
     if cfg.spark.use_local_jars:
         local = [str(j) for j in jars.spark_jars(cfg.jars_dir)]
         conf["spark.jars"] = ",".join([*filter(None, conf.get("spark.jars", "").split(",")), *local])
@@ -109,6 +112,8 @@ def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: s
     jars.check_java()
     from pyspark.sql import SparkSession
 
+    _import_in_background(WARM_IMPORTS)
+
     conf = session_conf(cfg, extra)
     os.environ.setdefault("PYSPARK_PYTHON", _python())
     builder = SparkSession.builder.appName(cfg.spark.app_name)
@@ -118,7 +123,72 @@ def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: s
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if not spark.sparkContext.master.startswith("local"):
+        check_executors(spark)
     return spark
+
+
+def check_executors(spark: SparkSession) -> None:
+    """On a cluster: every executor runs the driver's Python (major.minor) and can import ``pipelines``.
+
+    Raises:
+        DependencyError: what differs, and how to ship a matching interpreter or the package.
+
+    """
+    import sys
+
+    from pipelines.errors import DependencyError
+
+    def probe(_: object) -> tuple[tuple[int, int], bool]:
+        # Runs on an executor; nested, so it is shipped by value (not imported from this package).
+        import importlib.util
+        import sys
+
+        return (sys.version_info[0], sys.version_info[1]), importlib.util.find_spec("pipelines") is not None
+
+    sc = spark.sparkContext
+    n = max(2, sc.defaultParallelism)
+    driver = (sys.version_info[0], sys.version_info[1])
+    try:
+        found = set(sc.parallelize(range(n), n).map(probe).collect())
+    except Exception as e:  # Spark's PYTHON_VERSION_MISMATCH and friends, as a Java stack trace
+        text = str(e)
+        first = next((ln for ln in text.splitlines() if "Python" in ln or "python" in ln), text.splitlines()[0])
+        raise DependencyError(
+            f"the executors could not run Python for this job: {first.strip()[:300]}",
+            hint=f"give them Python {driver[0]}.{driver[1]} with the job's packages: spark.pyspark.python (or "
+                 "PYSPARK_PYTHON) pointing at it on every node, or a packed venv shipped with --archives "
+                 "(README: Running on a cluster)") from e
+    versions = {v for v, _ in found}
+    if versions != {driver}:
+        got = ", ".join(f"{a}.{b}" for a, b in sorted(versions))
+        raise DependencyError(f"the executors run Python {got}, the driver {driver[0]}.{driver[1]}",
+                              hint="point spark.pyspark.python at the same minor version on every node, or ship "
+                                   "a packed venv with --archives (README: Running on a cluster)")
+    if not all(importable for _, importable in found):
+        raise DependencyError("the executors cannot import the pipelines package",
+                              hint="ship it with spark-submit --py-files dist/pipelines.zip (python -m pipelines "
+                                   "package builds it), or install it in the executors' Python")
+
+
+#: Slow pure-Python imports most jobs need soon after start (Great Expectations: ~4 s), imported
+#: on a thread while the driver JVM starts, instead of after it.
+WARM_IMPORTS = ("great_expectations.expectations.registry",)
+
+
+def _import_in_background(modules: tuple[str, ...]) -> None:
+    """Start importing ``modules`` on a daemon thread (a later ``import`` waits for it; errors surface there)."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001, S110 - the real import later raises it where it matters
+                pass
+
+    threading.Thread(target=run, name="warm-imports", daemon=True).start()
 
 
 def _python() -> str:
