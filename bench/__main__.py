@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="drain: comma list of pipelines to run (default: all; exactly_once is always run)")
     p.add_argument("--sweep", type=_ints,
                    help="maxOffsetsPerTrigger settings of the sweep "
-                        "(default 1000,10000,100000,1000000; quick 300,1000)")
+                        "(default 1000,10000,100000,1000000; quick 500)")
     p.add_argument("--before-src", type=Path,
                    help="an older checkout (e.g. a git worktree of HEAD~1): also measure its pipelines code")
     p.add_argument("--trigger", default="0 seconds", help="freshness: processing-time trigger (default: 0 seconds)")
@@ -103,7 +103,7 @@ def settings_from(args: argparse.Namespace, work: Path) -> Settings:
         records=args.records or (3000 if quick else 1_000_000),
         repeats=args.repeats or (1 if quick else 3),
         max_offsets=args.max_offsets or (1000 if quick else 100_000),
-        sweep=args.sweep or ((300, 1000) if quick else (1000, 10_000, 100_000, 1_000_000)),
+        sweep=args.sweep or ((500,) if quick else (1000, 10_000, 100_000, 1_000_000)),
         trigger=args.trigger,
         fresh_seconds=args.fresh_seconds or (8.0 if quick else 60.0),
         fresh_warmup_s=0.0 if quick else 45.0,

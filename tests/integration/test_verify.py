@@ -2,8 +2,8 @@
 
 The pipeline writes clean tables from a real topic; then each corruption below targets one
 check (a deleted bronze row, a changed payload, a dropped reason, a doubled audit row, ...).
-Every check must report it, the exit status of ``verify`` must turn non-zero, and after the
-tables are restored to their clean versions every check must pass again.
+Every check must report it and the exit status of ``verify`` must turn non-zero; on the clean
+tables before, every check passed.
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from pipelines import cli
 from pipelines.domain import schema as S
 from pipelines.io.tables import ALL_TABLES
-from pipelines.io.writers import table_version
 from pipelines.jobs.ingest import run_ingest
 from pipelines.tools.producer import produce
 from pipelines.tools.verify import verify
@@ -38,7 +36,6 @@ def test_every_check_fires_on_a_corrupted_table(spark, make_cfg, tmp_path, monke
     run_ingest(spark, cfg, available_now=True)
     clean = verify(spark, cfg, ledger_files=[ledger])
     assert clean.ok, clean.table()
-    versions = {t: table_version(spark, cfg.table_path(t)) for t in ALL_TABLES}
     path = {t: f"delta.`{cfg.table_path(t)}`" for t in ALL_TABLES}
 
     def rows(name: str, n: int):
@@ -96,9 +93,4 @@ def test_every_check_fires_on_a_corrupted_table(spark, make_cfg, tmp_path, monke
     monkeypatch.setenv("PIPELINES__KAFKA__BOOTSTRAP_SERVERS", cfg.kafka.bootstrap_servers)
     monkeypatch.setenv("PIPELINES__KAFKA__TOPICS", json.dumps(list(cfg.kafka.topics)))
     assert cli.main(["verify"]) == 1
-
-    # Restored to the clean versions, every check passes again: none of them fires on good data.
-    for t, v in versions.items():
-        DeltaTable.forPath(spark, cfg.table_path(t)).restoreToVersion(v)
-    again = verify(spark, cfg, ledger_files=[ledger])
-    assert again.ok, again.table()
+    # (No check fires on good data: the clean run above passed every one.)
