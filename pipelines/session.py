@@ -112,8 +112,6 @@ def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: s
     jars.check_java()
     from pyspark.sql import SparkSession
 
-    _import_in_background(WARM_IMPORTS)
-
     conf = session_conf(cfg, extra)
     os.environ.setdefault("PYSPARK_PYTHON", _python())
     builder = SparkSession.builder.appName(cfg.spark.app_name)
@@ -123,7 +121,7 @@ def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: s
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    if not spark.sparkContext.master.startswith("local"):
+    if not (spark.sparkContext.master or "local").startswith("local"):
         check_executors(spark)
     return spark
 
@@ -169,26 +167,6 @@ def check_executors(spark: SparkSession) -> None:
         raise DependencyError("the executors cannot import the pipelines package",
                               hint="ship it with spark-submit --py-files dist/pipelines.zip (python -m pipelines "
                                    "package builds it), or install it in the executors' Python")
-
-
-#: Slow pure-Python imports most jobs need soon after start (Great Expectations: ~4 s), imported
-#: on a thread while the driver JVM starts, instead of after it.
-WARM_IMPORTS = ("great_expectations.expectations.registry",)
-
-
-def _import_in_background(modules: tuple[str, ...]) -> None:
-    """Start importing ``modules`` on a daemon thread (a later ``import`` waits for it; errors surface there)."""
-    import importlib
-    import threading
-
-    def run() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001, S110 - the real import later raises it where it matters
-                pass
-
-    threading.Thread(target=run, name="warm-imports", daemon=True).start()
 
 
 def _python() -> str:
