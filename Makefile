@@ -8,7 +8,7 @@ JARS_STAMP := .local/jars/.provisioned
 CONF ?= conf/local.yaml
 EVENTS ?= 100000
 
-.PHONY: help setup jars run demo test test-unit check chaos chaos-quick bench bench-merge kafka-up kafka-down kafka-status clean distclean
+.PHONY: help setup jars run demo test test-unit check chaos chaos-quick cluster-demo bench bench-merge kafka-up kafka-down kafka-status clean distclean
 
 help:
 	@echo "make run        set up, start the local Kafka broker, produce a demo stream, ingest, verify"
@@ -16,6 +16,7 @@ help:
 	@echo "make setup      venv + pinned Python packages + jars from Maven Central (idempotent)"
 	@echo "make check      ruff (with docstring rules) and mypy"
 	@echo "make chaos      long fault-injection run (kill -9, broker restarts, backfills beside the stream); make chaos-quick: a bounded one"
+	@echo "make cluster-demo  ingest + gold on a local Spark standalone cluster (2 workers); a worker and the driver killed"
 	@echo "make bench      benchmarks (python -m bench, long; BENCH_ARGS='--quick' or '--before-src DIR')"
 	@echo "make bench-merge  the slow MERGE scaling section into bench/results/merge-scope"
 	@echo "make kafka-up | kafka-down | kafka-status    the embedded broker (127.0.0.1)"
@@ -53,6 +54,11 @@ chaos: setup
 # A bounded run (5 rounds, 1 broker restart, 8,000 events; a few minutes).
 chaos-quick: setup
 	$(PY) -m pipelines --conf $(CONF) chaos --rounds 5 --events 8000 --broker-restarts 1 --seed 3
+
+# A Spark standalone cluster on loopback (a master, 2 one-core workers), the jobs submitted with
+# spark-submit --master spark://...; a worker and then the driver SIGKILLed; verify. A few minutes.
+cluster-demo: setup
+	$(PY) -m pipelines --conf $(CONF) cluster-demo
 
 check: $(INSTALLED)
 	$(PY) -m ruff check pipelines tests bench

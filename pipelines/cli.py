@@ -129,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--fresh", action="store_true",
                    help="delete tables, checkpoint, ledger, the GX project and topic data first")
 
+    pk = sub.add_parser("package", help="zip the pipelines package for the executors (spark-submit --py-files)")
+    pk.add_argument("--out", default=".local/dist/pipelines.zip", help="the zip to write (default: %(default)s)")
+    cd = sub.add_parser("cluster-demo", help="the pipeline on a local Spark standalone cluster (2 workers): a worker "
+                        "and the driver SIGKILLed mid-stream, then verify")
+    cd.add_argument("--events", type=int, default=20000, help="records to produce (default: 20000)")
+    cd.add_argument("--seconds", type=float, default=60.0, help="produce them over about this long (default: 60)")
+    cd.add_argument("--max-offsets", type=int, default=1000, help="maxOffsetsPerTrigger (default: 1000)")
+    cd.add_argument("--seed", type=int, default=5)
+    cd.add_argument("--timeout", type=float, default=1200.0, help="seconds for the whole run before it gives up "
+                    "(verify excluded; default: 1200)")
+    cd.add_argument("--keep", action="store_true", help="keep the work folder (logs, tables) when the run passes")
     ch = sub.add_parser("chaos", help="fault-injection run: kill -9 the job anywhere, restart the broker, verify")
     ch.add_argument("--rounds", type=int, default=5)
     ch.add_argument("--events", type=int, default=20000)
@@ -516,6 +527,44 @@ def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_package(cfg: Config, args: argparse.Namespace) -> int:
+    """``package``: the zip for ``--py-files``."""
+    from pipelines.local.cluster import package_zip
+
+    print(package_zip(Path(args.out).resolve()))
+    return 0
+
+
+def cmd_cluster_demo(cfg: Config, args: argparse.Namespace) -> int:
+    """``cluster-demo``: ingest and gold on a loopback standalone cluster, a worker and the driver killed."""
+    import shutil
+    import tempfile
+
+    from pipelines.local import jars
+    from pipelines.local.kafka import LocalKafka, free_port
+    from pipelines.tools.cluster_demo import run_cluster_demo
+
+    jars.provision(cfg.jars_dir)
+    work = Path(tempfile.mkdtemp(prefix="cluster-", dir=cfg.data_dir if Path(cfg.data_dir).exists() else None))
+    broker = LocalKafka(work / "kafka", port=free_port(), controller_port=free_port(), jars_dir=cfg.jars_dir,
+                        heap=cfg.local_kafka.heap)
+    broker.start()
+    run_cfg = cfg.with_overrides(app={"data_dir": str(work / "data")}, producer={"topic": "cluster"},
+                                 kafka={"bootstrap_servers": broker.bootstrap_servers,
+                                        "max_offsets_per_trigger": args.max_offsets})
+    try:
+        report = run_cluster_demo(run_cfg, args.conf or _default_conf(), broker.bootstrap_servers, work,
+                                  events=args.events, seconds=args.seconds, seed=args.seed, timeout_s=args.timeout)
+    finally:
+        broker.stop()
+    print(report.table())
+    if report.ok and not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"work folder (logs, tables): {work}")
+    return 0 if report.ok else 1
+
+
 def _seconds_range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(x) for x in text.split(","))
@@ -536,24 +585,19 @@ def cmd_spark_args(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def submit_command(cfg: Config, job: str, job_args: Sequence[str], conf_file: str) -> list[str]:
-    """The ``spark-submit`` command line for ``job`` (pyspark's own spark-submit, this config's jars)."""
-    import pyspark
-
-    from pipelines.session import spark_submit_args
-
-    spark_submit = str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
-    args = list(job_args)
-    if "--conf" not in args:
-        args = ["--conf", conf_file, *args]
-    return [spark_submit, *spark_submit_args(cfg), job, *args]
-
-
 def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
     """``submit``: exec spark-submit (the driver's Python is this interpreter)."""
     import os
 
-    cmd = submit_command(cfg, args.job, args.job_args, args.conf or _default_conf())
+    from pipelines.session import is_local_master, submit_command
+
+    py_files = None
+    if not is_local_master(cfg.spark.master):  # the executors import the package: ship it
+        from pipelines.local.cluster import package_zip
+
+        py_files = package_zip(paths.REPO_ROOT / ".local" / "dist" / "pipelines.zip")
+        print(f"[submit] shipping the package to the executors: --py-files {py_files}", file=sys.stderr)
+    cmd = submit_command(cfg, args.job, args.job_args, args.conf or _default_conf(), py_files=py_files)
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     os.execve(cmd[0], cmd, env)
     return 0  # not reached
@@ -563,7 +607,8 @@ COMMANDS = {
     "jars": cmd_jars, "kafka": cmd_kafka, "produce": cmd_produce, "ingest": cmd_ingest,
     "verify": cmd_verify, "gold": cmd_gold, "backfill": cmd_backfill, "quarantine": cmd_quarantine,
     "migrate": cmd_migrate, "rebind": cmd_rebind, "demo": cmd_demo, "spark-args": cmd_spark_args,
-    "submit": cmd_submit, "chaos": cmd_chaos, "quality": cmd_quality,
+    "submit": cmd_submit, "chaos": cmd_chaos, "quality": cmd_quality, "cluster-demo": cmd_cluster_demo,
+    "package": cmd_package,
 }
 
 

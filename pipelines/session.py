@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -121,9 +121,13 @@ def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: s
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    if not (spark.sparkContext.master or "local").startswith("local"):
+    if not is_local_master(spark.sparkContext.master or "local"):
         check_executors(spark)
     return spark
+
+
+#: How long a job on a cluster waits for its first executor before it says so.
+EXECUTOR_WAIT_S = 180.0
 
 
 def check_executors(spark: SparkSession) -> None:
@@ -134,6 +138,7 @@ def check_executors(spark: SparkSession) -> None:
 
     """
     import sys
+    import time
 
     from pipelines.errors import DependencyError
 
@@ -145,7 +150,21 @@ def check_executors(spark: SparkSession) -> None:
         return (sys.version_info[0], sys.version_info[1]), importlib.util.find_spec("pipelines") is not None
 
     sc = spark.sparkContext
-    n = max(2, sc.defaultParallelism)
+    # Wait for executors (a job submitted before any registered would just wait, silently, for
+    # resources the cluster may never give).
+    def registered() -> int:  # block managers, less the driver's (pyspark's StatusTracker has no executor list)
+        return int(sc._jsc.sc().getExecutorMemoryStatus().size()) - 1
+
+    deadline = time.monotonic() + EXECUTOR_WAIT_S
+    while registered() < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    executors = registered()
+    if executors < 1:
+        raise DependencyError(f"no executor registered with the application within {EXECUTOR_WAIT_S:.0f}s "
+                              f"(master {sc.master})",
+                              hint="check the master's UI for free workers, cores and memory (spark.executor.cores, "
+                                   "spark.executor.memory, spark.cores.max) and the workers' logs")
+    n = max(2, 2 * executors, sc.defaultParallelism)
     driver = (sys.version_info[0], sys.version_info[1])
     try:
         found = set(sc.parallelize(range(n), n).map(probe).collect())
@@ -165,8 +184,8 @@ def check_executors(spark: SparkSession) -> None:
                                    "a packed venv with --archives (README: Running on a cluster)")
     if not all(importable for _, importable in found):
         raise DependencyError("the executors cannot import the pipelines package",
-                              hint="ship it with spark-submit --py-files dist/pipelines.zip (python -m pipelines "
-                                   "package builds it), or install it in the executors' Python")
+                              hint="ship it with spark-submit --py-files .local/dist/pipelines.zip (`python -m "
+                                   "pipelines package` builds it), or install it in the executors' Python")
 
 
 def _python() -> str:
@@ -190,3 +209,22 @@ def spark_submit_args(cfg: Config) -> list[str]:
     for key, value in conf.items():
         args += ["--conf", f"{key}={value}"]
     return args
+
+
+def is_local_master(master: str) -> bool:
+    """``local``, ``local[N]``, ``local[*]``: no separate executors."""
+    return master.startswith("local")
+
+
+def submit_command(cfg: Config, job: str, job_args: Sequence[str], conf_file: str, *,
+                   py_files: Path | None = None, extra: Mapping[str, str] | None = None) -> list[str]:
+    """The ``spark-submit`` command line for ``job`` (pyspark's own spark-submit, this config's jars).
+
+    ``py_files``: the package zip for the executors (``--py-files``); ``extra``: more ``--conf``.
+    """
+    args = list(job_args)
+    if "--conf" not in args:
+        args = ["--conf", conf_file, *args]
+    more = [a for k, v in (extra or {}).items() for a in ("--conf", f"{k}={v}")]
+    ship = ["--py-files", str(py_files)] if py_files is not None else []
+    return [jars.spark_bin("spark-submit"), *spark_submit_args(cfg), *more, *ship, job, *args]

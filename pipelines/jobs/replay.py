@@ -470,13 +470,13 @@ def _contract(cfg: Config) -> str:
 def code_fingerprint() -> str:
     """A hash of the code that parses and routes records: a parser fix changes it, and so the run."""
     import hashlib
-    from pathlib import Path
+    from importlib.resources import files
 
-    import pipelines
-
-    root = Path(pipelines.__file__).parent
-    files = [root / "domain" / "transforms.py", root / "domain" / "schema.py", *sorted((root / "quality").glob("*.py"))]
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files if f.exists())).hexdigest()[:12]
+    # importlib.resources: the same bytes whether the package is a folder or a zip (--py-files).
+    root = files("pipelines")
+    quality = sorted((f for f in root.joinpath("quality").iterdir() if f.name.endswith(".py")), key=lambda f: f.name)
+    parts = [root.joinpath("domain", "transforms.py"), root.joinpath("domain", "schema.py"), *quality]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in parts)).hexdigest()[:12]
 
 
 def _time_filter(column: str, start: dt.datetime | None, end: dt.datetime | None) -> Column:

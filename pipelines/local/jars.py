@@ -175,3 +175,10 @@ def provision(jars_dir: Path, *, force: bool = False, quiet: bool = True) -> lis
     kafka_classpath(jars_dir)
     (jars_dir / _STAMP).write_text(_fingerprint() + "\n")
     return found
+
+
+def spark_bin(name: str) -> str:
+    """Pyspark's own launcher script ``bin/<name>`` (``spark-submit``, ``spark-class``)."""
+    import pyspark
+
+    return str(Path(pyspark.__file__).parent / "bin" / name)
