@@ -26,12 +26,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines import paths
 from pipelines.config import Config, load_config
 from pipelines.errors import PipelineError
 from pipelines.jobs.backfill import add_range_arguments
+
+if TYPE_CHECKING:
+    from pipelines.local.kafka import LocalKafka
 
 DEFAULT_CONF = "conf/local.yaml"
 
@@ -487,23 +490,31 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
-    """``chaos``: a seeded fault-injection run on its own broker, topic and data folder."""
-    import shlex
+def _scratch_run(cfg: Config, name: str, max_offsets: int) -> tuple[Path, LocalKafka, Config]:
+    """A work folder, a started broker of its own (free ports) and a config with topic ``name`` and tables in it."""
     import tempfile
 
     from pipelines.local import jars
     from pipelines.local.kafka import LocalKafka, free_port
-    from pipelines.tools.chaos import run_chaos
 
     jars.provision(cfg.jars_dir)
-    work = Path(tempfile.mkdtemp(prefix="chaos-", dir=cfg.data_dir if Path(cfg.data_dir).exists() else None))
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=cfg.data_dir if Path(cfg.data_dir).exists() else None))
     broker = LocalKafka(work / "kafka", port=free_port(), controller_port=free_port(), jars_dir=cfg.jars_dir,
                         heap=cfg.local_kafka.heap)
     broker.start()
-    run_cfg = cfg.with_overrides(app={"data_dir": str(work / "data")}, producer={"topic": "chaos"},
+    run_cfg = cfg.with_overrides(app={"data_dir": str(work / "data")}, producer={"topic": name},
                                  kafka={"bootstrap_servers": broker.bootstrap_servers,
-                                        "max_offsets_per_trigger": args.max_offsets})
+                                        "max_offsets_per_trigger": max_offsets})
+    return work, broker, run_cfg
+
+
+def cmd_chaos(cfg: Config, args: argparse.Namespace) -> int:
+    """``chaos``: a seeded fault-injection run on its own broker, topic and data folder."""
+    import shlex
+
+    from pipelines.tools.chaos import run_chaos
+
+    work, broker, run_cfg = _scratch_run(cfg, "chaos", args.max_offsets)
     try:
         report = run_chaos(run_cfg, args.conf or _default_conf(), broker, rounds=args.rounds, events=args.events,
                            seed=args.seed, broker_restarts=args.broker_restarts,
@@ -538,20 +549,10 @@ def cmd_package(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_cluster_demo(cfg: Config, args: argparse.Namespace) -> int:
     """``cluster-demo``: ingest and gold on a loopback standalone cluster, a worker and the driver killed."""
     import shutil
-    import tempfile
 
-    from pipelines.local import jars
-    from pipelines.local.kafka import LocalKafka, free_port
     from pipelines.tools.cluster_demo import run_cluster_demo
 
-    jars.provision(cfg.jars_dir)
-    work = Path(tempfile.mkdtemp(prefix="cluster-", dir=cfg.data_dir if Path(cfg.data_dir).exists() else None))
-    broker = LocalKafka(work / "kafka", port=free_port(), controller_port=free_port(), jars_dir=cfg.jars_dir,
-                        heap=cfg.local_kafka.heap)
-    broker.start()
-    run_cfg = cfg.with_overrides(app={"data_dir": str(work / "data")}, producer={"topic": "cluster"},
-                                 kafka={"bootstrap_servers": broker.bootstrap_servers,
-                                        "max_offsets_per_trigger": args.max_offsets})
+    work, broker, run_cfg = _scratch_run(cfg, "cluster", args.max_offsets)
     try:
         report = run_cluster_demo(run_cfg, args.conf or _default_conf(), broker.bootstrap_servers, work,
                                   events=args.events, seconds=args.seconds, seed=args.seed, timeout_s=args.timeout)

@@ -147,7 +147,7 @@ class LocalSparkCluster:
     def kill_worker(self, i: int) -> None:
         """SIGKILL worker ``i`` and everything it started (its executors): a lost machine."""
         p = self._procs.pop(f"worker-{i}")
-        _kill_group(p.proc)
+        kill_group(p.proc)
         p.log.close()
 
     def _wait(self, ok: Any, timeout_s: float, what: str) -> None:
@@ -171,7 +171,7 @@ class LocalSparkCluster:
                 try:
                     p.proc.wait(20)
                 except subprocess.TimeoutExpired:
-                    _kill_group(p.proc)
+                    kill_group(p.proc)
             p.log.close()
         self._procs.clear()
 
@@ -182,9 +182,10 @@ class LocalSparkCluster:
         self.stop()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen, wait_s: float = 60.0) -> None:
+    """SIGKILL ``proc``'s process group (it was started with ``start_new_session``) and reap it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    proc.wait(30)
+    proc.wait(wait_s)

@@ -47,6 +47,7 @@ from pathlib import Path
 from pipelines import faults, paths
 from pipelines.config import Config
 from pipelines.local.kafka import LocalKafka
+from pipelines.tools.verify import verify_in_process
 
 KILL, BROKER_KILL, BROKER_RESTART, CHECKPOINT_RESET = "kill", "broker-kill", "broker-restart", "checkpoint-reset"
 _CRASH_LINE = re.compile(r"\[fault\] injected crash at (?P<point>\w+) in batch \d+"
@@ -377,12 +378,7 @@ def run_chaos(
         if report.gold_catch_up_rc != 0:
             out(f"[chaos] the gold catch-up run failed (exit {report.gold_catch_up_rc}); see {gold_log}")
             gold_final.kill()
-    res = subprocess.run([sys.executable, "-m", "pipelines", "--conf", conf_file, "verify", "--ledger", "--json"],
-                         env=env, capture_output=True, text=True, cwd=paths.REPO_ROOT, timeout=1800)
-    try:
-        report.verify = json.loads(res.stdout)
-    except json.JSONDecodeError:
-        report.verify = {"ok": False, "error": res.stderr[-2000:]}
+    report.verify = verify_in_process(conf_file, env)
     report.produced = produced
     text = "".join(f.read_text(errors="replace") for f in (log, gold_log, backfill_log) if f.exists())
     for m in _CRASH_LINE.finditer(text):

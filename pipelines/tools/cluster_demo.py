@@ -19,10 +19,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -35,8 +33,9 @@ from typing import Any
 from pipelines import paths
 from pipelines.config import Config
 from pipelines.errors import PipelineError
-from pipelines.local.cluster import LocalSparkCluster, die_with_parent, package_zip, spark_env
+from pipelines.local.cluster import LocalSparkCluster, die_with_parent, kill_group, package_zip, spark_env
 from pipelines.session import submit_command
+from pipelines.tools.verify import verify_in_process
 
 _BATCH = re.compile(r"^\[ingest\] batch (\d+):", re.M)
 
@@ -169,7 +168,7 @@ def run_cluster_demo(cfg: Config, conf_file: str, bootstrap: str, work_dir: Path
         out(f"[cluster] {report.batches_after_worker_kill} batches after the kill (workers alive: "
             f"{report.alive_workers_after_kill}); SIGKILL the driver")
         report.driver_killed_after_batches = max(_batches(log), default=-1)
-        _kill_group(driver)
+        kill_group(driver)
         prod.join(timeout=left())
         out("[cluster] producer done; restarting the driver from the checkpoint (--available-now) ...")
         driver = _submit(submit("pipelines/jobs/ingest.py", "--available-now"), env, log)
@@ -182,17 +181,12 @@ def run_cluster_demo(cfg: Config, conf_file: str, bootstrap: str, work_dir: Path
         return report
     finally:
         if driver is not None and driver.poll() is None:
-            _kill_group(driver)
+            kill_group(driver)
         cluster.stop()
         report.seconds = time.monotonic() - t0
     out("[cluster] verify --ledger ...")
     local = {**env, "PIPELINES__SPARK__MASTER": "local[2]"}
-    res = subprocess.run([sys.executable, "-m", "pipelines", "--conf", conf_file, "verify", "--ledger", "--json"],
-                         env=local, capture_output=True, text=True, cwd=paths.REPO_ROOT, timeout=1200)
-    try:
-        report.verify = json.loads(res.stdout)
-    except json.JSONDecodeError:
-        report.verify = {"ok": False, "error": res.stderr[-2000:]}
+    report.verify = verify_in_process(conf_file, local, timeout_s=1200)
     report.events = int(produced.get("sent", events))
     report.seconds = time.monotonic() - t0
     return report
@@ -209,13 +203,5 @@ def _wait_rc(proc: subprocess.Popen, timeout_s: float) -> int | None:
     try:
         return proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_group(proc)
         return None
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(60)

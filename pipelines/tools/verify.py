@@ -365,3 +365,23 @@ def _ledger_checks(spark: SparkSession, report: VerifyReport, files: list[Path],
         .filter(F.col(S.REASON).isNull()
                 | ~F.exists(S.REASON_CODES, lambda code: F.split(code, ":")[0] == F.col("expected_reason"))),
         [*S.COORDINATES, "kind", "expected_reason", S.REASON]))
+
+
+def verify_in_process(conf_file: str, env: dict[str, str], timeout_s: float = 1800.0) -> dict[str, Any]:
+    """``verify --ledger --json`` as its own driver process (its own JVM); its report as a dict.
+
+    For harnesses whose jobs run as separate processes (chaos, the cluster demo): ``{"ok": False,
+    "error": ...}`` when the process printed no report.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from pipelines import paths
+
+    res = subprocess.run([sys.executable, "-m", "pipelines", "--conf", conf_file, "verify", "--ledger", "--json"],
+                         env=env, capture_output=True, text=True, cwd=paths.REPO_ROOT, timeout=timeout_s)
+    try:
+        return dict(json.loads(res.stdout))
+    except json.JSONDecodeError:
+        return {"ok": False, "error": res.stderr[-2000:]}
