@@ -47,7 +47,6 @@ from pathlib import Path
 from pipelines import faults, paths
 from pipelines.config import Config
 from pipelines.local.kafka import LocalKafka
-from pipelines.tools.verify import verify_in_process
 
 KILL, BROKER_KILL, BROKER_RESTART, CHECKPOINT_RESET = "kill", "broker-kill", "broker-restart", "checkpoint-reset"
 _CRASH_LINE = re.compile(r"\[fault\] injected crash at (?P<point>\w+) in batch \d+"
@@ -378,7 +377,9 @@ def run_chaos(
         if report.gold_catch_up_rc != 0:
             out(f"[chaos] the gold catch-up run failed (exit {report.gold_catch_up_rc}); see {gold_log}")
             gold_final.kill()
-    report.verify = verify_in_process(conf_file, env)
+    from pipelines.tools.verify import verify_subprocess
+
+    report.verify = verify_subprocess(conf_file, env)
     report.produced = produced
     text = "".join(f.read_text(errors="replace") for f in (log, gold_log, backfill_log) if f.exists())
     for m in _CRASH_LINE.finditer(text):

@@ -35,7 +35,6 @@ from pipelines.config import Config
 from pipelines.errors import PipelineError
 from pipelines.local.cluster import LocalSparkCluster, die_with_parent, kill_group, package_zip, spark_env
 from pipelines.session import submit_command
-from pipelines.tools.verify import verify_in_process
 
 _BATCH = re.compile(r"^\[ingest\] batch (\d+):", re.M)
 
@@ -186,7 +185,9 @@ def run_cluster_demo(cfg: Config, conf_file: str, bootstrap: str, work_dir: Path
         report.seconds = time.monotonic() - t0
     out("[cluster] verify --ledger ...")
     local = {**env, "PIPELINES__SPARK__MASTER": "local[2]"}
-    report.verify = verify_in_process(conf_file, local, timeout_s=1200)
+    from pipelines.tools.verify import verify_subprocess
+
+    report.verify = verify_subprocess(conf_file, local, timeout_s=1200)
     report.events = int(produced.get("sent", events))
     report.seconds = time.monotonic() - t0
     return report

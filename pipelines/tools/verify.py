@@ -367,7 +367,7 @@ def _ledger_checks(spark: SparkSession, report: VerifyReport, files: list[Path],
         [*S.COORDINATES, "kind", "expected_reason", S.REASON]))
 
 
-def verify_in_process(conf_file: str, env: dict[str, str], timeout_s: float = 1800.0) -> dict[str, Any]:
+def verify_subprocess(conf_file: str, env: dict[str, str], timeout_s: float = 1800.0) -> dict[str, Any]:
     """``verify --ledger --json`` as its own driver process (its own JVM); its report as a dict.
 
     For harnesses whose jobs run as separate processes (chaos, the cluster demo): ``{"ok": False,
