@@ -22,18 +22,18 @@ def chaos(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_bounded_chaos_run_loses_and_doubles_nothing(tmp_path):
     # Backfills beside the stream are in the long run (`make chaos`); left out here to keep `make test` short.
-    res = chaos(tmp_path, "--rounds", "3", "--events", "6000", "--broker-restarts", "1", "--seed", "17",
-                "--no-backfill", "--max-offsets", "2000", "--round-seconds", "8,16")
+    res = chaos(tmp_path, "--rounds", "4", "--events", "8000", "--broker-restarts", "1", "--seed", "33",
+                "--no-backfill", "--max-offsets", "2000", "--round-seconds", "8,18")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = dict(line.rsplit(None, 1) for line in res.stdout.splitlines() if line and "  " in line)
     assert table["result"] == "PASS"
     assert table["missing (silver)"] == "0" and table["duplicated (silver)"] == "0"
-    assert int(table["events produced"]) == 6000
+    assert int(table["events produced"]) == 8000
     assert table["silver merge scope"] == "table"  # the default
-    # The faults it scheduled fired: seed 17 schedules a broker kill, a kill in the middle of the
+    # The faults it scheduled fired: seed 33 schedules a broker kill, a kill in the middle of the
     # silver MERGE (landing before the MERGE's commit: the table version at the kill is the one
-    # at its start) and a checkpoint reset; every round ends with a SIGKILL of the job.
-    assert int(table["actions: broker-kill"]) == 1 and int(table["actions: fault:during_silver_merge"]) == 1
+    # at its start), a random kill and a checkpoint reset.
+    assert int(table["actions: kill"]) == 1 and int(table["actions: broker-kill"]) == 1
     assert int(table["actions: checkpoint-reset"]) == 1
     assert int(table["fired: during_silver_merge"]) >= 1
     assert int(table["kills inside the silver MERGE commit"]) >= 1
