@@ -7,8 +7,9 @@ Loading order (later wins):
 3. environment variables ``PIPELINES__<SECTION>__<KEY>=<yaml value>``, for example
    ``PIPELINES__KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or ``PIPELINES__KAFKA__MAX_OFFSETS_PER_TRIGGER=5000``.
 
-Unknown keys and wrongly typed values are errors that name the key and the file (or the
-environment variable) they came from. Relative paths are resolved against ``app.root``,
+Each section is a pydantic dataclass: unknown keys and wrongly typed values are errors that
+name the key and the file (or the environment variable) they came from (pydantic's first error,
+rephrased with the key's origin). Relative paths are resolved against ``app.root``,
 which defaults to the parent of the folder holding the config files (the project root when
 they live in ``conf/``). Secrets never live in files: a value ``${env:NAME}`` in
 ``kafka.options`` is read from the environment variable ``NAME`` when the job starts.
@@ -28,11 +29,14 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Strict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 from pipelines import paths
 from pipelines.errors import ConfigError
@@ -40,8 +44,37 @@ from pipelines.errors import ConfigError
 ENV_PREFIX = "PIPELINES__"
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
+# ---- validation types (pydantic) ----------------------------------------------------------
+#: Every section: unknown keys are errors; numbers where text is expected become text.
+_SECTION = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
-@dataclass(frozen=True)
+
+def _one_or_many(value: Any) -> Any:
+    """A list of strings may be written as one string: ``topics: events``."""
+    return [value] if isinstance(value, str) else value
+
+
+def _scalars(value: Any) -> Any:
+    """Spark and Kafka properties: scalar values as text (``true``/``false`` lower-case)."""
+    if not isinstance(value, Mapping):
+        return value
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, Mapping | list | tuple):
+            raise PydanticCustomError("scalar", "{key} must be a scalar", {"key": str(k)})
+        out[str(k)] = str(v).lower() if isinstance(v, bool) else str(v)
+    return out
+
+
+# Exact types where YAML gives them exactly: no `true` for 1, no "5" for 5, no 1 for true.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+StrTuple = Annotated[tuple[str, ...], BeforeValidator(_one_or_many)]
+StrMap = Annotated[dict[str, str], BeforeValidator(_scalars)]
+
+
+@dataclass(frozen=True, config=_SECTION)
 class AppConfig:
     """Where things live on disk."""
 
@@ -53,7 +86,7 @@ class AppConfig:
     jars_dir: str = ".local/jars"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class SparkConfig:
     """How the SparkSession is built (see :mod:`pipelines.session`)."""
 
@@ -64,61 +97,61 @@ class SparkConfig:
     #: log4j2 configuration for the driver JVM.
     log4j_file: str = "conf/log4j2.properties"
     #: Use the jars provisioned under ``app.jars_dir`` (false on a cluster that uses --packages).
-    use_local_jars: bool = True
+    use_local_jars: Bool = True
     #: Any Spark property; wins over ``defaults_file``.
-    conf: dict[str, str] = field(default_factory=dict)
+    conf: StrMap = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class KafkaConfig:
     """The Kafka source of the ingest job (Spark's Kafka connector options)."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    topics: tuple[str, ...] = ("events",)
+    topics: StrTuple = ("events",)
     #: Only used by a new checkpoint: "earliest", "latest" or Spark's per-partition JSON.
     starting_offsets: str = "earliest"
     #: Upper bound of records per micro-batch (null: no bound).
-    max_offsets_per_trigger: int | None = 100_000
+    max_offsets_per_trigger: Int | None = 100_000
     #: Keep true: expired offsets then fail the query loudly instead of skipping data silently.
-    fail_on_data_loss: bool = True
+    fail_on_data_loss: Bool = True
     #: Consumer isolation of the stream, batch reads and ``verify``. ``read_committed`` (the
     #: default) never shows records of aborted or still-open producer transactions;
     #: ``read_uncommitted`` shows them, and an aborted transaction's records then land in the tables.
     isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     #: Extra source options passed through as-is, e.g. ``kafka.security.protocol: SASL_SSL``,
     #: ``kafka.sasl.jaas.config: ${env:KAFKA_JAAS}`` (values with ``${env:NAME}`` come from the environment).
-    options: dict[str, str] = field(default_factory=dict)
+    options: StrMap = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class LocalKafkaConfig:
     """The embedded single-node KRaft broker used for local runs and tests (127.0.0.1 only)."""
 
-    port: int = 9092
-    controller_port: int = 9093
+    port: Int = 9092
+    controller_port: Int = 9093
     #: Broker data, its log and pid file live here.
     home: str = ".local/kafka"
     heap: str = "512m"
-    start_timeout_s: float = 90.0
+    start_timeout_s: Float = 90.0
     #: Partitions of topics the tools create.
-    default_partitions: int = 3
+    default_partitions: Int = 3
 
 
 FieldType = str  # "string" | "long" | "double" | "boolean" | "timestamp" | "decimal(p,s)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class FieldSpec:
     """One field of the JSON event contract."""
 
     name: str
     type: FieldType = "string"
-    required: bool = True
+    required: Bool = True
     #: If set, the value must be one of these (strings only).
-    allowed: tuple[str, ...] | None = None
+    allowed: StrTuple | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class EventsConfig:
     """The event contract: where the message ID comes from and which fields are typed."""
 
@@ -130,13 +163,13 @@ class EventsConfig:
     event_time_field: str = "event_time"
     fields: tuple[FieldSpec, ...] = ()
     #: Longest message ID accepted (characters, after trimming); longer IDs go to quarantine (ID_TOO_LONG).
-    id_max_length: int = 256
+    id_max_length: Int = 256
     #: Leading/trailing whitespace around a message ID: "reject" (quarantine, ID_WHITESPACE) or
     #: "trim" (the ID is the trimmed text, so " a" and "a" are the same message).
     id_whitespace: Literal["reject", "trim"] = "reject"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class TablesConfig:
     """Delta table locations, relative to ``<data_dir>/tables`` unless absolute or a URI."""
 
@@ -150,7 +183,7 @@ class TablesConfig:
     backfills: str = "backfills"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class IngestConfig:
     """The streaming ingest job."""
 
@@ -161,17 +194,17 @@ class IngestConfig:
     trigger: Literal["processingTime", "availableNow"] = "processingTime"
     trigger_interval: str = "5 seconds"
     #: Print one progress line per micro-batch.
-    progress: bool = True
+    progress: Bool = True
     #: Which silver rows the insert-if-absent MERGE compares a batch against. "table": every
     #: row (exact, unconditionally; cost grows with the table). "event_date": only rows dated
     #: within ``silver_merge_slack_days`` of one of the batch's event dates (cost follows the
     #: batch's dates; exact when every copy of a message is dated within that many days of its
     #: first copy; see README, Guarantees).
     silver_merge_scope: Literal["table", "event_date"] = "table"
-    silver_merge_slack_days: int = 1
+    silver_merge_slack_days: Int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class QualityConfig:
     """Data-quality contracts (Great Expectations suites) checked on every batch."""
 
@@ -182,7 +215,7 @@ class QualityConfig:
     gx_dir: str = "gx"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class GoldAggregate:
     """One column of a gold table: an aggregate over silver rows, or an expression over earlier ones."""
 
@@ -201,7 +234,7 @@ class GoldAggregate:
     type: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class GoldWindow:
     """A tumbling event-time window: rows are grouped by the window their ``column`` falls in."""
 
@@ -210,19 +243,19 @@ class GoldWindow:
     size: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class GoldTable:
     """One gold table: silver rows grouped by ``group_by`` (and an event-time window), aggregated."""
 
     name: str
-    group_by: tuple[str, ...] = ()
+    group_by: StrTuple = ()
     window: GoldWindow | None = None
     aggregates: tuple[GoldAggregate, ...] = ()
     #: Relative to ``<data_dir>/tables`` unless absolute or a URI (default: gold/<name>).
     path: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class GoldConfig:
     """The gold job: aggregates kept equal to a recomputation from silver (silver's change feed)."""
 
@@ -234,46 +267,46 @@ class GoldConfig:
     trigger_interval: str = "5 seconds"
     #: Silver files per gold batch (Delta's ``maxFilesPerTrigger``; bounds the first batch of a new
     #: checkpoint, which reads all of silver).
-    max_files_per_trigger: int = 1000
-    progress: bool = True
+    max_files_per_trigger: Int = 1000
+    progress: Bool = True
     tables: tuple[GoldTable, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class BackfillConfig:
     """Bounded batch backfills through the stream's batch path (``backfill``)."""
 
     #: Records per chunk: one transaction per table per chunk, the unit a killed run redoes.
-    chunk_records: int = 100_000
+    chunk_records: Int = 100_000
     #: File backfills: whole files per chunk, about this many MiB of them (a larger file alone).
-    file_chunk_mb: int = 128
+    file_chunk_mb: Int = 128
     #: At most this many records per second, on average over the chunks (a pause after each chunk);
     #: leaves the live stream its share of a shared machine. None: as fast as it goes.
-    max_records_per_second: float | None = None
+    max_records_per_second: Float | None = None
     #: Print a progress bar (rows, rate, ETA).
-    progress: bool = True
+    progress: Bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class ProducerConfig:
     """Defaults of ``produce``, the seeded demo/load generator."""
 
     topic: str = "events"
-    events: int = 100_000
+    events: Int = 100_000
     #: Target events per second (0: as fast as possible).
-    rate: float = 0.0
-    partitions: int = 3
-    duplicate_fraction: float = 0.05
+    rate: Float = 0.0
+    partitions: Int = 3
+    duplicate_fraction: Float = 0.05
     #: Share of duplicates re-sent with a different payload (same message_id).
-    conflicting_fraction: float = 0.1
+    conflicting_fraction: Float = 0.1
     #: Share of duplicates re-sent to another partition.
-    cross_partition_fraction: float = 0.3
-    malformed_fraction: float = 0.01
-    late_fraction: float = 0.02
-    seed: int = 42
+    cross_partition_fraction: Float = 0.3
+    malformed_fraction: Float = 0.01
+    late_fraction: Float = 0.02
+    seed: Int = 42
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class Config:
     """The whole, validated configuration. Load it with :func:`load_config`."""
 
@@ -289,7 +322,7 @@ class Config:
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     #: The files this config was read from, for messages.
-    sources: tuple[str, ...] = ()
+    sources: StrTuple = ()
 
     # ---- resolved locations -------------------------------------------------------------
     def path(self, value: str) -> str:
@@ -496,76 +529,64 @@ def _where(origins: Mapping[tuple[str, ...], str], path: tuple[str, ...]) -> str
 
 
 def _build(cls: type, raw: Any, origins: Mapping[tuple[str, ...], str], path: tuple[str, ...]) -> Any:
-    dotted = ".".join(path) or "<top level>"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            f"{_where(origins, path)}: {dotted} must be a mapping, got {type(raw).__name__} {raw!r}"
-        )
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            sub = (*path, key)
-            raise ConfigError(
-                f"{_where(origins, sub)}: unknown key '{'.'.join(sub)}'",
-                hint=f"known keys in {dotted}: {', '.join(sorted(known))}",
-            )
-        kwargs[key] = _coerce(hints[key], value, origins, (*path, key))
+    """``raw`` validated into ``cls`` (pydantic); the first problem as a :class:`ConfigError` naming key and origin."""
     try:
-        return cls(**kwargs)
-    except TypeError as e:  # a required field without a default is missing
-        raise ConfigError(f"{_where(origins, path)}: {dotted}: {e}") from e
+        return _adapter(cls).validate_python(raw)
+    except ValidationError as e:
+        raise _config_error(e.errors()[0], cls, origins, path) from None
 
 
-def _coerce(tp: Any, value: Any, origins: Mapping[tuple[str, ...], str], path: tuple[str, ...]) -> Any:
-    dotted = ".".join(path)
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{_where(origins, path)}: {dotted} must be {expected}, got {value!r}")
 
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(non_none[0], value, origins, path)
-    if origin is Literal:
-        if value not in args:
-            raise bad("one of " + ", ".join(repr(a) for a in args))
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _build(typing.cast(type, tp), value, origins, path)
-    if origin is tuple:
-        if isinstance(value, str) and args[0] is str:
-            value = [value]
-        if not isinstance(value, list | tuple):
-            raise bad("a list")
-        return tuple(_coerce(args[0], v, origins, (*path, str(i))) for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise bad("a mapping")
-        out = {}
-        for k, v in value.items():
-            if isinstance(v, Mapping | list):
-                raise ConfigError(f"{_where(origins, (*path, str(k)))}: {dotted}.{k} must be a scalar")
-            out[str(k)] = str(v).lower() if isinstance(v, bool) else str(v)
-        return out
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("a number")
-        return float(value)
-    if tp is str:
-        if isinstance(value, Mapping | list) or value is None:
-            raise bad("a string")
-        return str(value)
-    raise bad(str(tp))  # pragma: no cover - a programming error in the dataclasses above
+def _adapter(cls: type) -> TypeAdapter[Any]:
+    if cls not in _ADAPTERS:
+        _ADAPTERS[cls] = TypeAdapter(cls)
+    return _ADAPTERS[cls]
+
+
+#: What a value of each kind must be, by pydantic error type.
+_EXPECTED = {"bool_type": "true or false", "bool_parsing": "true or false", "int_type": "an integer",
+             "int_parsing": "an integer", "int_from_float": "an integer", "float_type": "a number",
+             "float_parsing": "a number", "string_type": "a string", "tuple_type": "a list", "list_type": "a list",
+             "dict_type": "a mapping"}
+
+
+def _config_error(err: Any, cls: type, origins: Mapping[tuple[str, ...], str], path: tuple[str, ...]) -> ConfigError:
+    loc = (*path, *(str(p) for p in err["loc"]))
+    dotted = ".".join(loc) or "<top level>"
+    parent = ".".join(loc[:-1]) or "<top level>"
+    kind, value = err["type"], err.get("input")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return ConfigError(f"{_where(origins, loc)}: unknown key '{dotted}'",
+                           hint=f"known keys in {parent}: {', '.join(_known_keys(cls, err['loc'][:-1]))}")
+    if kind == "missing":
+        return ConfigError(f"{_where(origins, loc[:-1])}: {parent}: missing required key '{loc[-1]}'")
+    if kind == "literal_error":
+        options = ", ".join(re.findall(r"'[^']*'", err["ctx"]["expected"]))
+        return ConfigError(f"{_where(origins, loc)}: {dotted} must be one of {options}, got {value!r}")
+    if kind == "scalar":
+        key = (*loc, err["ctx"]["key"])
+        return ConfigError(f"{_where(origins, key)}: {'.'.join(key)} must be a scalar")
+    if kind in ("dataclass_type", "dataclass_exact_type", "model_type"):
+        return ConfigError(f"{_where(origins, loc)}: {dotted} must be a mapping, got {type(value).__name__} {value!r}")
+    if kind in _EXPECTED:
+        return ConfigError(f"{_where(origins, loc)}: {dotted} must be {_EXPECTED[kind]}, got {value!r}")
+    return ConfigError(f"{_where(origins, loc)}: {dotted}: {err['msg']}")
+
+
+def _known_keys(cls: type, loc: tuple[Any, ...]) -> list[str]:
+    """The keys of the section at ``loc`` (field names of its dataclass)."""
+    tp: Any = cls
+    for part in loc:
+        tp = _unwrap(tp)
+        tp = typing.get_args(tp)[0] if isinstance(part, int) else typing.get_type_hints(tp).get(part)
+    tp = _unwrap(tp)
+    return sorted(f.name for f in dataclasses.fields(tp)) if dataclasses.is_dataclass(tp) else []
+
+
+def _unwrap(tp: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
