@@ -77,6 +77,23 @@ def test_wrong_type_names_key_and_origin(tmp_path):
         load_config(env2, environ={"PIPELINES__LOCAL_KAFKA__PORT": "ninety"})
 
 
+def test_exact_types_lists_and_property_maps(tmp_path):
+    env = write(tmp_path, "dev.yaml", "kafka:\n  topics: payments\nspark:\n  conf:\n    a.b: true\n    c: 4\n")
+    cfg = load_config(env, environ={})
+    assert cfg.kafka.topics == ("payments",)  # one string is a list of one
+    assert cfg.spark.conf == {"a.b": "true", "c": "4"}  # scalar properties as Spark reads them
+    # YAML's true is not a number, "5" (a quoted string) is not an integer, a nested value is no property.
+    for text, message in (("local_kafka:\n  port: true\n", r"local_kafka.port must be an integer, got True"),
+                          ("local_kafka:\n  port: '5'\n", r"local_kafka.port must be an integer, got '5'"),
+                          ("producer:\n  rate: false\n", r"producer.rate must be a number, got False"),
+                          ("spark:\n  conf:\n    a: {b: 1}\n", r"dev2.yaml: spark.conf.a must be a scalar"),
+                          ("gold:\n  tables: [{name: t, aggregates: [{name: x}]}]\n",
+                           r"dev2.yaml: gold.tables.0.aggregates.0: missing required key 'fn'")):
+        bad = write(tmp_path, "dev2.yaml", text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(bad, environ={})
+
+
 def test_literal_choices_are_enforced(tmp_path):
     env = write(tmp_path, "dev.yaml", "ingest:\n  trigger: sometimes\n")
     with pytest.raises(ConfigError, match="ingest.trigger must be one of 'processingTime', 'availableNow'"):
