@@ -128,21 +128,15 @@ def _event(rng: random.Random, message_id: str, now: dt.datetime, late: bool) ->
 
 
 def encode(ev: dict[str, Any], rng: random.Random | None = None) -> bytes:
-    """JSON-encode an event; a Decimal amount becomes a JSON number (or, sometimes, a numeric string)."""
-    def default(o: Any) -> Any:
-        if isinstance(o, Decimal):
-            return _RawNumber(str(o))
-        raise TypeError(o)
+    """JSON-encode an event; a Decimal amount becomes an exact JSON number (or, sometimes, a numeric string).
+
+    simplejson writes a ``Decimal`` as the number it is (``12.30``, never a binary float).
+    """
+    import simplejson
 
     as_string = rng is not None and rng.random() < 0.1
     out = {k: (str(v) if isinstance(v, Decimal) and as_string else v) for k, v in ev.items()}
-    text = json.dumps(out, default=default, separators=(",", ":"))
-    return text.replace('"__RAW__', "").replace('__RAW__"', "").encode()
-
-
-class _RawNumber(str):
-    def __new__(cls, s: str) -> _RawNumber:
-        return super().__new__(cls, f"__RAW__{s}__RAW__")
+    return simplejson.dumps(out, use_decimal=True, separators=(",", ":")).encode()
 
 
 def _malformed(kind: str, rng: random.Random, base: dict[str, Any]) -> bytes | None:
