@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import paths
+from pipelines import logs, paths
 from pipelines.config import Config, load_config
 from pipelines.errors import PipelineError
 from pipelines.jobs.backfill import add_range_arguments
@@ -53,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Config: conf/base.yaml + the --conf file + PIPELINES__<SECTION>__<KEY> environment variables.",
     )
     p.add_argument("--conf", default=None, help=f"environment config file (default: {DEFAULT_CONF})")
+    p.add_argument("--log-level", default=os.environ.get("PIPELINES_LOG_LEVEL", "INFO").upper(),
+                   type=str.upper, choices=logs.LEVELS,
+                   help="the package's messages on stderr at this level and above (default: $PIPELINES_LOG_LEVEL or "
+                        "INFO; Spark's own logging: spark.log4j_file)")
+    p.add_argument("--log-json", action="store_true", default=os.environ.get("PIPELINES_LOG_JSON") == "1",
+                   help="log one JSON object per message (time, level, logger, message) for log shippers "
+                        "(or PIPELINES_LOG_JSON=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
     j = sub.add_parser("jars", help="resolve jars from Maven Central into app.jars_dir")
@@ -616,6 +624,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for errors with a clear message)."""
     args = _parser().parse_args(argv)
+    logs.setup(args.log_level, json_lines=args.log_json)
     try:
         cfg = _load(args)
         return COMMANDS[args.command](cfg, args)

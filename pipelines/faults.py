@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
+
+from pipelines import logs
+
+_log = logs.get("faults")
 
 POINT_ENV = "PIPELINES_FAULT_POINT"
 MIN_BATCH_ENV = "PIPELINES_FAULT_MIN_BATCH"
@@ -74,7 +77,7 @@ def inject(point: str, batch_id: int, jvm_pid: int | None = None, detail: str = 
     """Crash here if ``PIPELINES_FAULT_POINT`` names ``point`` (no-op otherwise)."""
     if not armed(point, batch_id):
         return
-    print(f"[fault] injected crash at {point} in batch {batch_id}{detail}", file=sys.stderr, flush=True)
+    _log.warning(f"[fault] injected crash at {point} in batch {batch_id}{detail}")
     if jvm_pid:
         os.kill(jvm_pid, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

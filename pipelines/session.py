@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines import logs
 from pipelines.config import Config
 from pipelines.errors import ConfigError
 from pipelines.local import jars
@@ -111,6 +112,8 @@ def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: s
     """
     jars.check_java()
     from pyspark.sql import SparkSession
+
+    logs.ensure()  # a notebook that configured nothing still sees the jobs' progress lines
 
     conf = session_conf(cfg, extra)
     os.environ.setdefault("PYSPARK_PYTHON", _python())

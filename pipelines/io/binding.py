@@ -22,11 +22,14 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from pipelines import logs
 from pipelines.config import Config
 from pipelines.domain import schema as S
 from pipelines.errors import BrokerError, PipelineError
 from pipelines.io.checkpoint import batch_ids, child, hadoop_path
 from pipelines.io.kafka_source import source_options
+
+_log = logs.get("ingest")
 
 BINDING_FILE = "pipelines-source.json"
 PROP_CLUSTER = "pipelines.source.clusterId"
@@ -287,8 +290,8 @@ def record_source(spark: SparkSession, cfg: Config, now: SourceIdentity, tables_
     in_tables = read_table_binding(spark, tables_bronze)
     if in_ckpt is None or any(t not in in_ckpt.topics for t in now.topics):
         if in_ckpt is None and batch_ids(spark, checkpoint, "offsets"):
-            print(f"[ingest] note: the checkpoint {checkpoint} predates source binding; binding it to cluster "
-                  f"{now.cluster_id} now", flush=True)
+            _log.warning(f"[ingest] note: the checkpoint {checkpoint} predates source binding; binding it to "
+                         f"cluster {now.cluster_id} now")
         write_checkpoint_binding(spark, checkpoint, SourceIdentity(now.cluster_id, {
             **(in_ckpt.topics if in_ckpt else {}), **now.topics}))
     new_topics = {t: i for t, i in now.topics.items() if t not in in_tables.topics}

@@ -41,8 +41,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pipelines import logs
 from pipelines.config import Config, load_config
 from pipelines.errors import PipelineError
+
+_log = logs.get("backfill")
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -386,7 +389,7 @@ class RateLimit:
 
 def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: list[Work],
              read: Callable[[Work], DataFrame], *, job: IngestJob | None = None,
-             out: Callable[[str], None] | None = print,
+             out: Callable[[str], None] | None = _log.info,
              on_chunk: Callable[[Work, BatchResult], None] | None = None,
              prepare: Callable[[IngestJob], None] | None = None,
              after_chunk: Callable[[Work, BatchResult], None] | None = None) -> BackfillSummary:
@@ -455,8 +458,8 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
                     _record(spark, ledger, (run_id, work.index, summary.source, work.spec, FAILED, None, None, None,
                                             None, None, None, None, started, _utcnow(), 1, str(e)[:2000]))
                 except Exception as ledger_error:  # the chunk's own error is the one to see
-                    print(f"[backfill] could not record chunk {work.index}'s failure in the ledger: {ledger_error}",
-                          file=sys.stderr)
+                    _log.error(f"[backfill] could not record chunk {work.index}'s failure in the ledger: "
+                               f"{ledger_error}")
                 raise
             # The versions of the chunk's own commits; a table it did not write: its version now.
             versions = {name: res.table_versions[name] if name in res.table_versions
@@ -489,7 +492,7 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
 
 def run_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None = None,
                  end: dt.datetime | None = None, offsets: Ranges | None = None, chunk_records: int | None = None,
-                 job: IngestJob | None = None, out: Callable[[str], None] | None = print,
+                 job: IngestJob | None = None, out: Callable[[str], None] | None = _log.info,
                  on_chunk: Callable[[Work, BatchResult], None] | None = None) -> BackfillSummary:
     """Backfill a Kafka range (see the module docstring); returns what it did.
 

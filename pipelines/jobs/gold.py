@@ -44,7 +44,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines import faults
+from pipelines import faults, logs
 from pipelines.config import Config, load_config
 from pipelines.domain import gold as G
 from pipelines.domain import schema as S
@@ -52,6 +52,8 @@ from pipelines.domain.gold import GoldSpec
 from pipelines.domain.schema import EventSpec
 from pipelines.errors import PipelineError
 from pipelines.io import writers
+
+_log = logs.get("gold")
 
 #: Table property holding :attr:`GoldSpec.definition` of what the table was built with.
 DEFINITION_PROPERTY = "pipelines.gold.definition"
@@ -308,7 +310,7 @@ class GoldJob:
     """
 
     def __init__(self, specs: Sequence[GoldSpec], silver: str, *, query_name: str = "gold",
-                 out: Callable[[str], None] | None = print) -> None:
+                 out: Callable[[str], None] | None = _log.info) -> None:
         if not specs:
             raise PipelineError("no gold tables are declared", hint="declare them under gold.tables in the config")
         self.specs = list(specs)
@@ -323,7 +325,7 @@ class GoldJob:
         self._jvm_pid: int | None = None
 
     @classmethod
-    def from_config(cls, spark: SparkSession, cfg: Config, *, out: Callable[[str], None] | None = print,
+    def from_config(cls, spark: SparkSession, cfg: Config, *, out: Callable[[str], None] | None = _log.info,
                     tables: Sequence[str] | None = None) -> GoldJob:
         """Validate ``gold.tables`` (Spark analyses each SQL snippet) and build the job."""
         specs = select_specs(spark, cfg, tables)
@@ -490,8 +492,7 @@ def run_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None = N
     previous: dict[signal.Signals, Any] = {}
     if install_signal_handlers:
         def handler(signum: int, _frame: Any) -> None:
-            print(f"[gold] got {signal.Signals(signum).name}: finishing the current batch, then stopping",
-                  file=sys.stderr, flush=True)
+            _log.info(f"[gold] got {signal.Signals(signum).name}: finishing the current batch, then stopping")
             stop_event.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
@@ -521,10 +522,10 @@ def _wait_for_silver(spark: SparkSession, silver: str, stop_event: threading.Eve
     said = False
     while not DeltaTable.isDeltaTable(spark, silver):
         if not wait:
-            print(f"[gold] silver does not exist yet ({silver}): nothing to do", file=sys.stderr, flush=True)
+            _log.info(f"[gold] silver does not exist yet ({silver}): nothing to do")
             return False
         if not said:
-            print(f"[gold] waiting for the ingest job to create silver ({silver})", file=sys.stderr, flush=True)
+            _log.info(f"[gold] waiting for the ingest job to create silver ({silver})")
             said = True
         if stop_event.wait(2.0):
             return False

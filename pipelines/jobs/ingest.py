@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines import faults
+from pipelines import faults, logs
 from pipelines.config import Config, load_config
 from pipelines.domain import schema as S
 from pipelines.domain import transforms as X
@@ -52,6 +52,8 @@ from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
 from pipelines.jobs.backfill import APP_PREFIX as BACKFILL_APP_PREFIX
 from pipelines.quality.batch import BatchQuality, RuleResult, batch_quality, quality_rows
+
+_log = logs.get("ingest")
 
 # Session confs of the writes to bronze, quarantine and the audit table. Their per-row work is
 # light (a projection, and an anti-join on coordinates pruned to the batch's offset range); most
@@ -163,7 +165,7 @@ class IngestJob:
         query_name: str = "ingest",
         checkpoint: str | None = None,
         app_id: str | None = None,
-        out: Callable[[str], None] | None = print,
+        out: Callable[[str], None] | None = _log.info,
         silver_merge_scope: str = "table",
         slack_days: int = 1,
         silver_writer: SilverWriter | None = None,
@@ -228,7 +230,7 @@ class IngestJob:
 
     @classmethod
     def from_config(cls, cfg: Config, *, app_id: str | None = None,
-                    out: Callable[[str], None] | None = print,
+                    out: Callable[[str], None] | None = _log.info,
                     silver_writer: SilverWriter | None = None) -> IngestJob:
         """Build the job for ``cfg``."""
         if cfg.ingest.silver_merge_slack_days < 0:
@@ -459,8 +461,8 @@ class IngestJob:
             session = self._session(spark, name)
 
             def retrying(attempt: int, error: BaseException) -> None:
-                print(f"[{self.query_name}] batch {batch_id}: the {name} commit lost a race with a concurrent "
-                      f"writer (attempt {attempt}); trying again", file=sys.stderr, flush=True)
+                _log.warning(f"[{self.query_name}] batch {batch_id}: the {name} commit lost a race with a "
+                             f"concurrent writer (attempt {attempt}); trying again")
 
             # Another writer (a backfill, a quarantine replay) may commit to the same table at the
             # same time: Delta then refuses this commit, which wrote nothing; it is tried again.
@@ -767,9 +769,8 @@ class IngestJob:
                 names = S.QUALITY_SCHEMA.fieldNames()
                 self._gx_store.add([dict(zip(names, r, strict=True)) for r in rows])
         except Exception as e:  # noqa: BLE001 - reported; `quality docs` repairs it
-            print(f"[quality] the batch records could not be stored in the GX project at {self.gx_dir} "
-                  f"({type(e).__name__}: {e}); `python -m pipelines quality docs` stores them later",
-                  file=sys.stderr, flush=True)
+            _log.warning(f"[quality] the batch records could not be stored in the GX project at {self.gx_dir} "
+                         f"({type(e).__name__}: {e}); `python -m pipelines quality docs` stores them later")
 
     def _write_audit(self, spark: SparkSession, res: BatchResult, started: dt.datetime,
                      query_name: str | None = None, versions: dict[str, int] | None = None) -> None:
@@ -927,8 +928,8 @@ def start_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None
     for r in job.record_abandoned_batches(spark, current, committed):
         why = ("its deferred audit row was lost in a crash" if r.app_id == current
                else "it was abandoned after writing (a crash, then a checkpoint reset)")
-        print(f"[ingest] batch {r.batch_id} of app id {r.app_id}: {why}; recorded its audit row from its commits",
-              file=sys.stderr, flush=True)
+        _log.warning(f"[ingest] batch {r.batch_id} of app id {r.app_id}: {why}; recorded its audit row from its "
+                     "commits")
     if available_now is None:
         available_now = cfg.ingest.trigger == "availableNow"
     writer = (
@@ -984,8 +985,7 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
     previous: dict[signal.Signals, Any] = {}
     if install_signal_handlers:
         def handler(signum: int, _frame: Any) -> None:
-            print(f"[ingest] got {signal.Signals(signum).name}: finishing the current batch, then stopping",
-                  file=sys.stderr, flush=True)
+            _log.info(f"[ingest] got {signal.Signals(signum).name}: finishing the current batch, then stopping")
             stop_event.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
@@ -1016,14 +1016,14 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
                 # uncommitted, the Kafka source's progress metrics throw an NPE *after* the batch
                 # was committed. Starting again resumes from that commit.
                 restarts += 1
-                print("[ingest] the re-run of an uncommitted batch hit Spark bug SPARK-55271 after it "
-                      "committed; restarting the query", file=sys.stderr, flush=True)
+                _log.warning("[ingest] the re-run of an uncommitted batch hit Spark bug SPARK-55271 after it "
+                             "committed; restarting the query")
                 if not (once and pending_batch(spark, cfg.checkpoint_path) is None):
                     continue
             elif summary.stopped_by_signal and not once and pending_batch(spark, cfg.checkpoint_path) is not None:
                 # The stop landed as Spark had just planned the next batch (offsets logged, no
                 # commit): finish exactly that batch, so a graceful stop leaves nothing pending.
-                print("[ingest] finishing the batch the stop interrupted", file=sys.stderr, flush=True)
+                _log.info("[ingest] finishing the batch the stop interrupted")
                 once = True
                 continue
             break

@@ -45,9 +45,12 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from pipelines import logs
 from pipelines.config import Config
 from pipelines.errors import PipelineError
 from pipelines.jobs.backfill import BackfillSummary, Work, _chunk_size, _execute, _utcnow, run_id_for
+
+_log = logs.get("backfill")
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -179,7 +182,7 @@ def read_files(spark: SparkSession, fmt: str, paths: list[str]) -> DataFrame:
 
 def run_file_backfill(spark: SparkSession, cfg: Config, path: str, *, fmt: str = "json",
                       chunk_mb: float | None = None, job: IngestJob | None = None,
-                      out: Callable[[str], None] | None = print,
+                      out: Callable[[str], None] | None = _log.info,
                       on_chunk: Callable[[Work, BatchResult], None] | None = None) -> BackfillSummary:
     """Backfill archived files (see the module docstring); returns what the run did.
 
@@ -327,7 +330,7 @@ def settle_quarantine(spark: SparkSession, path: str, run_id: str, parsed: DataF
 
 def run_bronze_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None = None,
                         end: dt.datetime | None = None, chunk_records: int | None = None,
-                        job: IngestJob | None = None, out: Callable[[str], None] | None = print,
+                        job: IngestJob | None = None, out: Callable[[str], None] | None = _log.info,
                         on_chunk: Callable[[Work, BatchResult], None] | None = None) -> BackfillSummary:
     """Re-derive silver and quarantine from bronze's raw records ingested in [start, end).
 
@@ -402,7 +405,7 @@ def passing_now(rows: DataFrame, cfg: Config) -> DataFrame:
 def run_quarantine_replay(spark: SparkSession, cfg: Config, *, reason: str | None = None,
                           since: dt.datetime | None = None, chunk_records: int | None = None,
                           dry_run: bool = False, job: IngestJob | None = None,
-                          out: Callable[[str], None] | None = print,
+                          out: Callable[[str], None] | None = _log.info,
                           on_chunk: Callable[[Work, BatchResult], None] | None = None) -> BackfillSummary:
     """Re-run quarantined records through the current parser and rules (see the module docstring).
 

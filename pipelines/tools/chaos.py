@@ -44,9 +44,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines import faults, paths
+from pipelines import faults, logs, paths
 from pipelines.config import Config
 from pipelines.local.kafka import LocalKafka
+
+_log = logs.get("chaos")
 
 KILL, BROKER_KILL, BROKER_RESTART, CHECKPOINT_RESET = "kill", "broker-kill", "broker-restart", "checkpoint-reset"
 _CRASH_LINE = re.compile(r"\[fault\] injected crash at (?P<point>\w+) in batch \d+"
@@ -236,7 +238,7 @@ def run_chaos(
     actions: list[str] | None = None,
     gold: bool = True,
     backfill: bool = True,
-    out=print,  # noqa: ANN001
+    out=_log.info,  # noqa: ANN001
 ) -> ChaosReport:
     """Run the harness; see the module docstring. ``cfg`` must point at ``broker`` and its own data dir."""
     from pipelines.tools.producer import produce

@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import paths
+from pipelines import logs, paths
 from pipelines.config import Config
 from pipelines.errors import PipelineError
 from pipelines.local.cluster import LocalSparkCluster, die_with_parent, kill_group, package_zip, spark_env
 from pipelines.session import submit_command
+
+_log = logs.get("cluster")
 
 _BATCH = re.compile(r"^\[ingest\] batch (\d+):", re.M)
 
@@ -104,7 +106,7 @@ def _wait_for(cond: Callable[[], bool], timeout_s: float, proc: subprocess.Popen
 
 def run_cluster_demo(cfg: Config, conf_file: str, bootstrap: str, work_dir: Path, *, events: int = 20_000,
                      seconds: float = 60.0, seed: int = 5, timeout_s: float = 1200.0,
-                     out: Callable[[str], None] = print) -> ClusterReport:
+                     out: Callable[[str], None] = _log.info) -> ClusterReport:
     """See the module docstring. ``cfg`` points at the broker ``bootstrap`` and its own data dir.
 
     Every wait shares one deadline, ``timeout_s`` from the start (the verify step after it has its own).

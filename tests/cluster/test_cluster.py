@@ -32,4 +32,4 @@ def test_ingest_and_gold_on_a_standalone_cluster_survive_a_lost_worker_and_drive
     assert int(table["events produced"]) == 4000
     assert int(table["silver rows"]) > 3300 and int(table["bronze rows"]) == 4000
     # The jobs were submitted to the cluster with the package shipped, not run in local mode.
-    assert "--master spark://127.0.0.1:" in res.stdout and "--py-files" in res.stdout
+    assert "--master spark://127.0.0.1:" in res.stderr and "--py-files" in res.stderr  # its progress log

@@ -36,23 +36,24 @@ def test_sigterm_stops_the_stream_cleanly(spark, make_cfg, tmp_path):
            "PIPELINES__SPARK__MASTER": "local[2]"}
     proc = subprocess.Popen([sys.executable, "-m", "pipelines", "ingest"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
+    lines: list[str] = []  # the job's progress lines are logged to stderr; its summary is printed to stdout
     try:
         deadline = time.monotonic() + 240
-        assert proc.stdout is not None
+        assert proc.stderr is not None
         while time.monotonic() < deadline:
-            line = proc.stdout.readline()
+            line = proc.stderr.readline()
             if not line:
                 break
             lines.append(line)
             if line.startswith("[ingest] batch 1:"):
                 proc.send_signal(signal.SIGTERM)
                 break
-        out, err = proc.communicate(timeout=180)
+        out, rest = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert any(ln.startswith("[ingest] batch 1:") for ln in lines), "".join(lines) + err
+    err = "".join(lines) + rest
+    assert any(ln.startswith("[ingest] batch 1:") for ln in lines), err + out
     assert proc.returncode == 0, err[-2000:]
     assert "finishing the current batch" in err
     summary = json.loads(out[out.index("{"):])
