@@ -54,11 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Config: conf/base.yaml + the --conf file + PIPELINES__<SECTION>__<KEY> environment variables.",
     )
     p.add_argument("--conf", default=None, help=f"environment config file (default: {DEFAULT_CONF})")
-    p.add_argument("--log-level", default=os.environ.get("PIPELINES_LOG_LEVEL", "INFO").upper(),
+    p.add_argument("--log-level", default=logs.env_level(),
                    type=str.upper, choices=logs.LEVELS,
                    help="the package's messages on stderr at this level and above (default: $PIPELINES_LOG_LEVEL or "
                         "INFO; Spark's own logging: spark.log4j_file)")
-    p.add_argument("--log-json", action="store_true", default=os.environ.get("PIPELINES_LOG_JSON") == "1",
+    p.add_argument("--log-json", action="store_true", default=os.environ.get(logs.JSON_ENV) == "1",
                    help="log one JSON object per message (time, level, logger, message) for log shippers "
                         "(or PIPELINES_LOG_JSON=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
@@ -596,8 +596,6 @@ def cmd_spark_args(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
     """``submit``: exec spark-submit (the driver's Python is this interpreter)."""
-    import os
-
     from pipelines.session import is_local_master, submit_command
 
     py_files = None
@@ -625,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for errors with a clear message)."""
     args = _parser().parse_args(argv)
     logs.setup(args.log_level, json_lines=args.log_json)
+    # Jobs this command starts (spark-submit, the harnesses' processes) log the same way.
+    os.environ[logs.LEVEL_ENV], os.environ[logs.JSON_ENV] = args.log_level, "1" if args.log_json else "0"
     try:
         cfg = _load(args)
         return COMMANDS[args.command](cfg, args)
@@ -644,8 +644,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: Spark failed: {' '.join(text[:3])[:800]}", file=sys.stderr)
             print("hint: see the lines above for the cause; set PIPELINES_DEBUG=1 for the full trace",
                   file=sys.stderr)
-            import os
-
             if os.environ.get("PIPELINES_DEBUG") == "1":
                 raise
             return 2

@@ -11,10 +11,6 @@ import os
 import signal
 from pathlib import Path
 
-from pipelines import logs
-
-_log = logs.get("faults")
-
 POINT_ENV = "PIPELINES_FAULT_POINT"
 MIN_BATCH_ENV = "PIPELINES_FAULT_MIN_BATCH"
 
@@ -77,7 +73,8 @@ def inject(point: str, batch_id: int, jvm_pid: int | None = None, detail: str = 
     """Crash here if ``PIPELINES_FAULT_POINT`` names ``point`` (no-op otherwise)."""
     if not armed(point, batch_id):
         return
-    _log.warning(f"[fault] injected crash at {point} in batch {batch_id}{detail}")
+    # Straight to stderr, whatever the log level or format: the chaos harness parses this line.
+    os.write(2, f"[fault] injected crash at {point} in batch {batch_id}{detail}\n".encode())
     if jvm_pid:
         os.kill(jvm_pid, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -13,6 +13,7 @@ A notebook that never calls :func:`setup` gets it on the first :func:`pipelines.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TextIO
 
@@ -41,15 +42,30 @@ def get(name: str) -> logging.Logger:
     return logging.getLogger(f"{ROOT}.{name}")
 
 
-def setup(level: str = "INFO", json_lines: bool = False, stream: TextIO | None = None) -> None:
+LEVEL_ENV, JSON_ENV = "PIPELINES_LOG_LEVEL", "PIPELINES_LOG_JSON"
+
+
+def env_level() -> str:
+    """``$PIPELINES_LOG_LEVEL`` if it names a level, else INFO."""
+    level = os.environ.get(LEVEL_ENV, "INFO").upper()
+    return level if level in LEVELS else "INFO"
+
+
+def setup(level: str | None = None, json_lines: bool | None = None, stream: TextIO | None = None) -> None:
     """(Re)configure the ``pipelines`` loggers: one handler on ``stream`` (default stderr), ``level``.
 
     Args:
-        level: DEBUG, INFO, WARNING or ERROR.
-        json_lines: one JSON object per record (time, level, logger, message) instead of the bare message.
+        level: DEBUG, INFO, WARNING or ERROR (default: ``$PIPELINES_LOG_LEVEL``, else INFO).
+        json_lines: one JSON object per record (time in ISO 8601 UTC, level, logger, message)
+            instead of the bare message (default: ``$PIPELINES_LOG_JSON`` is ``1``).
         stream: where to write (default: ``sys.stderr`` at the time of each call).
 
     """
+    level = (level or env_level()).upper()
+    if level not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if json_lines is None:
+        json_lines = os.environ.get(JSON_ENV) == "1"
     root = logging.getLogger(ROOT)
     for h in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(h)
@@ -58,16 +74,16 @@ def setup(level: str = "INFO", json_lines: bool = False, stream: TextIO | None =
     if json_lines:
         from pythonjsonlogger.json import JsonFormatter
 
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                           rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+        handler.setFormatter(JsonFormatter("%(levelname)s %(name)s %(message)s", timestamp="time",
+                                           rename_fields={"levelname": "level", "name": "logger"}))
     else:
         handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(level)
     root.propagate = False
 
 
 def ensure() -> None:
-    """:func:`setup` with the defaults, unless logging was configured (ours, or the application's root logger)."""
+    """:func:`setup` with the environment's defaults, unless logging is configured (ours, or the root's)."""
     if not logging.getLogger(ROOT).handlers and not logging.getLogger().handlers:
         setup()

@@ -492,8 +492,8 @@ def run_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None = N
     previous: dict[signal.Signals, Any] = {}
     if install_signal_handlers:
         def handler(signum: int, _frame: Any) -> None:
+            stop_event.set()  # first: a log write interrupted by the signal must not keep the job going
             _log.info(f"[gold] got {signal.Signals(signum).name}: finishing the current batch, then stopping")
-            stop_event.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
     try:

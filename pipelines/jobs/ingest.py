@@ -985,8 +985,8 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
     previous: dict[signal.Signals, Any] = {}
     if install_signal_handlers:
         def handler(signum: int, _frame: Any) -> None:
+            stop_event.set()  # first: a log write interrupted by the signal must not keep the job going
             _log.info(f"[ingest] got {signal.Signals(signum).name}: finishing the current batch, then stopping")
-            stop_event.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
     try:

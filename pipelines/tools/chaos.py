@@ -258,6 +258,7 @@ def run_chaos(
         "PIPELINES__INGEST__TRIGGER_INTERVAL": "1 second",
         "PIPELINES__GOLD__TRIGGER_INTERVAL": "1 second",
         "PYTHONUNBUFFERED": "1",  # progress lines reach the log before a SIGKILL
+        "PIPELINES_LOG_LEVEL": "INFO", "PIPELINES_LOG_JSON": "0",  # the harness reads the jobs' plain lines
         **(extra_env or {}),
     }
     ledger = Path(cfg.data_dir) / paths.LEDGER_SUBDIR / topic / f"chaos-seed{seed}.jsonl"

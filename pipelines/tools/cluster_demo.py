@@ -125,6 +125,7 @@ def run_cluster_demo(cfg: Config, conf_file: str, bootstrap: str, work_dir: Path
            "PIPELINES__KAFKA__BOOTSTRAP_SERVERS": bootstrap, "PIPELINES__KAFKA__TOPICS": json.dumps([topic]),
            "PIPELINES__KAFKA__MAX_OFFSETS_PER_TRIGGER": str(cfg.kafka.max_offsets_per_trigger or 1000),
            "PIPELINES__INGEST__TRIGGER_INTERVAL": "1 second", "PYTHONUNBUFFERED": "1",
+           "PIPELINES_LOG_LEVEL": "INFO", "PIPELINES_LOG_JSON": "0",  # the demo reads the job's plain lines
            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     ledger = Path(cfg.data_dir) / paths.LEDGER_SUBDIR / topic / f"cluster-seed{seed}.jsonl"
     produced: dict[str, Any] = {}

@@ -23,6 +23,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import simplejson
+
 from pipelines.domain.schema import Reason
 from pipelines.errors import BrokerError
 
@@ -132,11 +134,12 @@ def encode(ev: dict[str, Any], rng: random.Random | None = None) -> bytes:
 
     simplejson writes a ``Decimal`` as the number it is (``12.30``, never a binary float).
     """
-    import simplejson
-
     as_string = rng is not None and rng.random() < 0.1
     out = {k: (str(v) if isinstance(v, Decimal) and as_string else v) for k, v in ev.items()}
-    return simplejson.dumps(out, use_decimal=True, separators=(",", ":")).encode()
+    return _ENCODER.encode(out).encode()
+
+
+_ENCODER = simplejson.JSONEncoder(use_decimal=True, separators=(",", ":"))
 
 
 def _malformed(kind: str, rng: random.Random, base: dict[str, Any]) -> bytes | None:

@@ -33,7 +33,7 @@ def test_sigterm_stops_the_stream_cleanly(spark, make_cfg, tmp_path):
            "PIPELINES__KAFKA__MAX_OFFSETS_PER_TRIGGER": "300",
            "PIPELINES__INGEST__TRIGGER_INTERVAL": "1 second",
            "PIPELINES__SPARK__CONF": json.dumps({"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"}),
-           "PIPELINES__SPARK__MASTER": "local[2]"}
+           "PIPELINES__SPARK__MASTER": "local[2]", "PIPELINES_LOG_LEVEL": "INFO", "PIPELINES_LOG_JSON": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "pipelines", "ingest"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []  # the job's progress lines are logged to stderr; its summary is printed to stdout
