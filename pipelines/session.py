@@ -42,6 +42,18 @@ BASE_CONF: dict[str, str] = {
 }
 
 
+#: Metrics the way Spark users scrape them (:mod:`pipelines.metrics`): Spark's Prometheus servlet
+#: on the driver's UI, the executors' metrics, the streaming queries' gauges, and a namespace that
+#: does not change with the application id. Defaults: ``spark.conf`` can override each.
+METRICS_CONF: dict[str, str] = {
+    "spark.metrics.conf.*.sink.prometheusServlet.class": "org.apache.spark.metrics.sink.PrometheusServlet",
+    "spark.metrics.conf.*.sink.prometheusServlet.path": "/metrics/prometheus",
+    "spark.metrics.namespace": "pipelines",
+    "spark.ui.prometheus.enabled": "true",
+    "spark.sql.streaming.metricsEnabled": "true",
+}
+
+
 def read_properties_file(path: Path) -> dict[str, str]:
     """Parse a Spark ``spark-defaults.conf``: ``key value`` (or ``key=value``) per line, ``#`` comments."""
     out: dict[str, str] = {}
@@ -58,7 +70,7 @@ def read_properties_file(path: Path) -> dict[str, str]:
 
 def session_conf(cfg: Config, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """All Spark properties the session gets (pure: no JVM), useful for ``spark-submit --conf``."""
-    conf = dict(BASE_CONF)
+    conf = {**BASE_CONF, **METRICS_CONF}
     defaults = Path(cfg.path(cfg.spark.defaults_file)) if cfg.spark.defaults_file else None
     if defaults is not None:
         if not defaults.exists():
@@ -120,6 +132,7 @@ def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: s
     builder = SparkSession.builder.appName(cfg.spark.app_name)
     if not _inside_spark_submit():
         builder = builder.master(master or cfg.spark.master)
+        os.environ.update(loopback_env(master or cfg.spark.master))
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -212,6 +225,17 @@ def spark_submit_args(cfg: Config) -> list[str]:
     for key, value in conf.items():
         args += ["--conf", f"{key}={value}"]
     return args
+
+
+def loopback_env(master: str) -> dict[str, str]:
+    """For a local master: bind the driver (and its UI) to 127.0.0.1, unless ``SPARK_LOCAL_IP`` says otherwise.
+
+    Spark binds its UI to ``SPARK_LOCAL_IP`` or, without it, to every interface; a laptop's or
+    a shared host's job should not serve its UI (and its metrics) to the network.
+    """
+    if not is_local_master(master) or os.environ.get("SPARK_LOCAL_IP"):
+        return {}
+    return {"SPARK_LOCAL_IP": "127.0.0.1"}
 
 
 def is_local_master(master: str) -> bool:

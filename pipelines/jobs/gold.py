@@ -44,7 +44,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines import faults, logs
+from pipelines import faults, logs, metrics
 from pipelines.config import Config, load_config
 from pipelines.domain import gold as G
 from pipelines.domain import schema as S
@@ -52,6 +52,7 @@ from pipelines.domain.gold import GoldSpec
 from pipelines.domain.schema import EventSpec
 from pipelines.errors import PipelineError
 from pipelines.io import writers
+from pipelines.io.tables import COMMON_PROPERTIES
 
 _log = logs.get("gold")
 
@@ -261,8 +262,10 @@ def build_table(spark: SparkSession, spec: GoldSpec, silver_path: str, version: 
             rows.write.format("delta").mode("overwrite").save(spec.path)
         else:
             rows.createOrReplaceTempView(view)
-            spark.sql(f"CREATE OR REPLACE TABLE delta.`{spec.path}` USING delta TBLPROPERTIES "
-                      f"('{DEFINITION_PROPERTY}' = '{spec.definition}') AS SELECT * FROM {view}").collect()
+            props = ", ".join(f"'{k}' = '{v}'" for k, v in {**COMMON_PROPERTIES,
+                                                             DEFINITION_PROPERTY: spec.definition}.items())
+            spark.sql(f"CREATE OR REPLACE TABLE delta.`{spec.path}` USING delta TBLPROPERTIES ({props}) "
+                      f"AS SELECT * FROM {view}").collect()
     finally:
         spark.conf.unset(writers.USER_METADATA)
         spark.catalog.dropTempView(view)
@@ -496,6 +499,7 @@ def run_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None = N
             _log.info(f"[gold] got {signal.Signals(signum).name}: finishing the current batch, then stopping")
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
+    listening = metrics.Listening(spark, cfg.gold.query_name)
     try:
         if not _wait_for_silver(spark, job.silver, stop_event, wait=not (
                 available_now if available_now is not None else cfg.gold.trigger == "availableNow")):
@@ -504,6 +508,7 @@ def run_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None = N
         query = start_gold(spark, cfg, available_now=available_now, job=job)
         error = await_query(query, stop_event, grace_s, summary)
     finally:
+        listening.stop()
         for sig, h in previous.items():
             signal.signal(sig, h)
     if error is not None:

@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines import faults, logs
+from pipelines import faults, logs, metrics
 from pipelines.config import Config, load_config
 from pipelines.domain import schema as S
 from pipelines.domain import transforms as X
@@ -51,6 +51,7 @@ from pipelines.io.checkpoint import batch_ids, has_metadata, pending_batch
 from pipelines.io.kafka_source import source_options
 from pipelines.io.tables import AUDIT, BRONZE, QUARANTINE, SILVER, TablePaths, ensure_tables
 from pipelines.jobs.backfill import APP_PREFIX as BACKFILL_APP_PREFIX
+from pipelines.metrics import PipelineMetrics
 from pipelines.quality.batch import BatchQuality, RuleResult, batch_quality, quality_rows
 
 _log = logs.get("ingest")
@@ -227,6 +228,10 @@ class IngestJob:
         self._audit_lock = threading.Lock()
         self._audit_wake = threading.Event()
         self._audit_last = time.monotonic()
+        #: The job's counters in Spark's metrics system (set by :func:`run_ingest` and backfills).
+        self.metrics: PipelineMetrics | None = None
+        #: The prefix of its counters' names (a backfill: ``backfill``).
+        self.metrics_name = query_name
 
     @classmethod
     def from_config(cls, cfg: Config, *, app_id: str | None = None,
@@ -426,6 +431,8 @@ class IngestJob:
             res.lag_s = max(0.0, (dt.datetime.now(dt.UTC).replace(tzinfo=None) - res.max_kafka_timestamp)
                             .total_seconds())
         self.results.append(res)
+        if self.metrics is not None:
+            self.metrics.record_batch(self.metrics_name, res)
         if self.out is not None:
             self.out(res.progress_line())
             if quality is not None and res.quality:
@@ -989,6 +996,8 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
             _log.info(f"[ingest] got {signal.Signals(signum).name}: finishing the current batch, then stopping")
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
+    listening = metrics.Listening(spark, cfg.ingest.query_name)
+    job.metrics = listening.metrics
     try:
         restarts = 0
         once = False
@@ -1028,6 +1037,7 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
                 continue
             break
     finally:
+        listening.stop()
         for sig, h in previous.items():
             signal.signal(sig, h)
     for r in job.results:
