@@ -117,6 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--ledger", action="store_true", help="also check the producer ledgers of the topic")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    st = sub.add_parser("status", help="one screen: the queries' last batches, lag per partition, table versions, "
+                                       "sizes and small files, the last quality result (read-only)")
+    st.add_argument("--json", action="store_true", help="print the report as JSON (for scripts and alerts)")
+
+    from pipelines.jobs.maintain import add_arguments as maintain_arguments
+
+    mt = sub.add_parser("maintain", help="compact small files (OPTIMIZE), VACUUM, remove checkpoints rebind moved "
+                                         "aside; safe while the stream runs (maintenance.* in the config)")
+    maintain_arguments(mt)
+
     q = sub.add_parser("quality", help="data-quality contracts: Data Docs, whole-table checks")
     qs = q.add_subparsers(dest="quality_command", required=True, metavar="action")
     qd = qs.add_parser("docs", help="store the suites and the batch records not stored yet in the GX project, "
@@ -358,6 +368,33 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    """``status``."""
+    from pipelines.session import build_session
+    from pipelines.tools.console import show
+    from pipelines.tools.status import collect_status, render_status
+
+    spark = build_session(cfg, extra={"spark.ui.enabled": "false"})
+    report = collect_status(spark, cfg)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        show(*render_status(report))
+    return 0
+
+
+def cmd_maintain(cfg: Config, args: argparse.Namespace) -> int:
+    """``maintain``."""
+    from pipelines.jobs.maintain import maintain, render_summary
+    from pipelines.session import build_session
+
+    spark = build_session(cfg)
+    summary = maintain(spark, cfg, compact=args.compact, vacuum=args.vacuum, checkpoints=args.checkpoints,
+                       only=args.only)
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else render_summary(summary), end="")
+    return 0
+
+
 def cmd_quality(cfg: Config, args: argparse.Namespace) -> int:
     """``quality docs`` and ``quality check --table T``."""
     from pipelines.quality import project
@@ -596,7 +633,7 @@ def cmd_spark_args(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
     """``submit``: exec spark-submit (the driver's Python is this interpreter)."""
-    from pipelines.session import is_local_master, submit_command
+    from pipelines.session import is_local_master, loopback_env, submit_command
 
     py_files = None
     if not is_local_master(cfg.spark.master):  # the executors import the package: ship it
@@ -605,7 +642,8 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
         py_files = package_zip(paths.REPO_ROOT / ".local" / "dist" / "pipelines.zip")
         print(f"[submit] shipping the package to the executors: --py-files {py_files}", file=sys.stderr)
     cmd = submit_command(cfg, args.job, args.job_args, args.conf or _default_conf(), py_files=py_files)
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           **loopback_env(cfg.spark.master)}
     os.execve(cmd[0], cmd, env)
     return 0  # not reached
 
@@ -615,7 +653,7 @@ COMMANDS = {
     "verify": cmd_verify, "gold": cmd_gold, "backfill": cmd_backfill, "quarantine": cmd_quarantine,
     "migrate": cmd_migrate, "rebind": cmd_rebind, "demo": cmd_demo, "spark-args": cmd_spark_args,
     "submit": cmd_submit, "chaos": cmd_chaos, "quality": cmd_quality, "cluster-demo": cmd_cluster_demo,
-    "package": cmd_package,
+    "package": cmd_package, "status": cmd_status, "maintain": cmd_maintain,
 }
 
 

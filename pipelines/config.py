@@ -288,6 +288,22 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True, config=_SECTION)
+class MaintenanceConfig:
+    """Table upkeep (``maintain``) and what ``status`` calls a small file."""
+
+    #: Files smaller than this count as small (``status``); ``maintain`` compacts a table (Delta
+    #: OPTIMIZE, bin-packing to ``spark.databricks.delta.optimize.maxFileSize``) once it has at
+    #: least ``compact_min_small_files`` of them.
+    small_file_mb: Int = 16
+    compact_min_small_files: Int = 20
+    #: VACUUM keeps removed files this long: longer than any reader's query, the gold stream's
+    #: longest outage and the time travel you want (Delta refuses less than 168 hours).
+    vacuum_retention_hours: Int = 168
+    #: Attempts of an OPTIMIZE that loses a race with the stream's commits.
+    conflict_retries: Int = 10
+
+
+@dataclass(frozen=True, config=_SECTION)
 class ProducerConfig:
     """Defaults of ``produce``, the seeded demo/load generator."""
 
@@ -320,6 +336,7 @@ class Config:
     quality: QualityConfig = field(default_factory=QualityConfig)
     gold: GoldConfig = field(default_factory=GoldConfig)
     backfill: BackfillConfig = field(default_factory=BackfillConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     #: The files this config was read from, for messages.
     sources: StrTuple = ()

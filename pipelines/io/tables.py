@@ -18,6 +18,21 @@ ALL_TABLES = (BRONZE, SILVER, QUARANTINE, AUDIT, QUALITY)
 
 _COORD_STATS = ",".join([*S.COORDINATES, S.BATCH_ID, S.APP_ID])
 
+#: Set on every table the pipeline creates (README "Running it in production" explains each):
+#: - log and removed-file retention explicit (Delta's defaults, 30 and 7 days): time travel and
+#:   change-feed reads reach back that far, VACUUM (``maintain``) keeps removed files that long;
+#: - auto compaction and optimized writes off: both run inside the writing batch (a compaction
+#:   commit after the batch's commit, a shuffle before its write), so they would land on the
+#:   stream's critical path; ``maintain`` compacts on a schedule instead, off that path.
+#: Set at creation only: changing a property later is a metadata commit, which fails every
+#: concurrent writer's commit (stop the jobs for ``ALTER TABLE ... SET TBLPROPERTIES``).
+COMMON_PROPERTIES: dict[str, str] = {
+    "delta.logRetentionDuration": "interval 30 days",
+    "delta.deletedFileRetentionDuration": "interval 7 days",
+    "delta.autoOptimize.autoCompact": "false",
+    "delta.autoOptimize.optimizeWrite": "false",
+}
+
 # Stats columns drive file skipping: the keyed MERGEs prune on them.
 TABLE_PROPERTIES: dict[str, dict[str, str]] = {
     BRONZE: {"delta.dataSkippingStatsColumns": _COORD_STATS, "delta.appendOnly": "false"},
@@ -178,7 +193,7 @@ def ensure_tables(spark: SparkSession, tables: TablePaths, spec: EventSpec) -> N
         if DeltaTable.isDeltaTable(spark, path):
             continue
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
-        for key, value in TABLE_PROPERTIES[name].items():
+        for key, value in {**COMMON_PROPERTIES, **TABLE_PROPERTIES[name]}.items():
             builder = builder.property(key, value)
         builder.execute()
 

@@ -249,7 +249,12 @@ def ensure_ledger(spark: SparkSession, path: str) -> None:
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, path):
-        DeltaTable.createIfNotExists(spark).location(path).addColumns(ledger_schema()).execute()
+        from pipelines.io.tables import COMMON_PROPERTIES
+
+        builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(ledger_schema())
+        for key, value in COMMON_PROPERTIES.items():
+            builder = builder.property(key, value)
+        builder.execute()
 
 
 def ledger_rows(spark: SparkSession, path: str, run_id: str | None = None) -> list[Any]:
@@ -399,8 +404,6 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
     its error). ``prepare`` adjusts the job (e.g. no bronze write, a hook after the writes);
     ``after_chunk`` runs after each chunk's writes, before its ledger row.
     """
-    from tqdm import tqdm
-
     from pipelines.domain.schema import EventSpec
     from pipelines.io import writers
     from pipelines.io.tables import TablePaths, ensure_tables
@@ -431,6 +434,10 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
     # replay check reads the tables' whole history, not only their newest commits.
     job.replay_lookup_recent_only = False
     job.conflict_retries = CONFLICT_RETRIES
+    if job.metrics is None:
+        from pipelines.metrics import PipelineMetrics
+
+        job.metrics, job.metrics_name = PipelineMetrics.of(spark), "backfill"
     # Whatever the source: once a chunk is in every table, the quarantine rows of its records
     # that pass now are marked replayed (they are in silver), stale reasons corrected.
     from pipelines.jobs.replay import settle_quarantine
@@ -444,8 +451,10 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
     todo = [w for w in works if w.index not in done]
     known = all(w.records is not None for w in todo)
     limit = RateLimit(cfg.backfill.max_records_per_second)
-    bar = tqdm(total=sum(w.records or 0 for w in todo) if known else None, unit="rec", unit_scale=True,
-               desc=run_id, file=sys.stderr, disable=not cfg.backfill.progress or out is None, dynamic_ncols=True)
+    from pipelines.tools.console import Bar
+
+    bar = Bar(run_id, sum(w.records or 0 for w in todo) if known else None,
+              enabled=cfg.backfill.progress and out is not None)
     try:
         for work in todo:
             started = _utcnow()
@@ -476,8 +485,8 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
             summary.silver_inserted += res.silver_inserted or 0
             summary.duplicates_in_batch += res.duplicates_in_batch
             summary.duplicates_in_table += res.duplicates_in_table or 0
-            bar.update(work.records if known else res.rows_read)
-            bar.set_postfix(silver=summary.silver_inserted, chunk=f"{work.index + 1}/{len(works)}")
+            bar.update((work.records or 0) if known else res.rows_read,
+                       note=f"silver +{summary.silver_inserted:,} | chunk {work.index + 1}/{len(works)}")
             if on_chunk is not None:
                 on_chunk(work, res)
             if work is not todo[-1]:
@@ -521,7 +530,7 @@ def run_backfill(spark: SparkSession, cfg: Config, *, start: dt.datetime | None 
 
 def status_table(rows: list[Any], limit: int = 50) -> str:
     """The ledger as a table for people: one line per run (chunks done / failed, counts)."""
-    from tabulate import tabulate
+    from pipelines.tools.console import render, table
 
     runs: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -540,8 +549,8 @@ def status_table(rows: list[Any], limit: int = 50) -> str:
         for k, col, pick in (("started", "started_at", min), ("finished", "finished_at", max)):
             if r[col] is not None:
                 run[k] = r[col] if run[k] is None else pick(run[k], r[col])
-    table = list(runs.values())[:limit]
-    return tabulate(table, headers="keys") if table else "no backfills recorded yet"
+    runs_shown = list(runs.values())[:limit]
+    return render(table(runs_shown, title="backfill runs")) if runs_shown else "no backfills recorded yet"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -276,7 +276,6 @@ def produce(
 
     """
     from confluent_kafka import KafkaError, Producer
-    from tqdm import tqdm
 
     from pipelines.local.kafka import ensure_topic
 
@@ -323,7 +322,9 @@ def produce(
         return cb
 
     t0 = time.monotonic()
-    bar = tqdm(total=n, unit="rec", disable=not progress, desc=f"produce {topic}", mininterval=0.5)
+    from pipelines.tools.console import Bar
+
+    bar = Bar(f"produce {topic}", n, enabled=progress)
     try:
         for i, rec in enumerate(plan_records(
             n, partitions=partitions, seed=seed, duplicate_fraction=duplicate_fraction,
@@ -351,7 +352,7 @@ def produce(
                 if on_progress:
                     on_progress(i + 1)
         remaining = producer.flush(timeout_s)
-        bar.update(n - bar.n)
+        bar.update(n % 1000)
         if remaining:
             raise BrokerError(f"{remaining} records to {topic} were not acknowledged within {timeout_s:.0f}s",
                               hint="is the broker up? `python -m pipelines kafka status`")
