@@ -35,7 +35,8 @@ def test_the_examples_have_the_runs_a_scheduler_needs():
     cmds = cli_commands()
     assert [c[2:4] for c in cmds[:3]] == [["ingest", "--available-now"], ["gold", "--available-now"],
                                           ["backfill", "--from"]]
-    assert len(cmds) == 6
+    assert ["maintain"] in [c[2:3] for c in cmds]
+    assert len(cmds) == 7
 
 
 @pytest.mark.parametrize("argv", cli_commands(), ids=lambda a: " ".join(a[2:4]))
