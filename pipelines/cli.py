@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 DEFAULT_CONF = "conf/local.yaml"
 
+_log = logs.get("cli")
+
 
 def _default_conf() -> str:
     if Path(DEFAULT_CONF).exists():
@@ -454,8 +456,8 @@ def cmd_rebind(cfg: Config, args: argparse.Namespace) -> int:
         print(f"rebind: the old checkpoint is at {moved}; the next start reads from kafka.starting_offsets "
               f"({cfg.kafka.starting_offsets}) under a new app id")
     if cfg.kafka.starting_offsets != "earliest":
-        print(f"rebind: warning: kafka.starting_offsets is {cfg.kafka.starting_offsets!r}: records of the new "
-              "source before that point will not be read; set it to earliest to read them all", file=sys.stderr)
+        _log.warning(f"rebind: kafka.starting_offsets is {cfg.kafka.starting_offsets!r}: records of the new "
+                     "source before that point will not be read; set it to earliest to read them all")
     return 0
 
 
@@ -480,41 +482,40 @@ def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
         if "://" not in cfg.gx_dir:  # the GX project's stored results belong to the deleted tables
             shutil.rmtree(cfg.gx_dir, ignore_errors=True)
     if broker.is_running():
-        print(f"[demo] kafka already running at {broker.bootstrap_servers}")
+        _log.info(f"[demo] kafka already running at {broker.bootstrap_servers}")
     else:
-        print(f"[demo] starting kafka at {broker.bootstrap_servers} ...", flush=True)
+        _log.info(f"[demo] starting kafka at {broker.bootstrap_servers} ...")
         broker.start()
     bootstrap = broker.bootstrap_servers
     cfg = cfg.with_overrides(kafka={"bootstrap_servers": bootstrap})
     events = args.events if args.events is not None else pc.events
-    print(f"[demo] producing {events} records to '{pc.topic}' "
-          f"(~{pc.duplicate_fraction:.0%} duplicates, ~{pc.malformed_fraction:.0%} malformed) ...", flush=True)
+    _log.info(f"[demo] producing {events} records to '{pc.topic}' "
+              f"(~{pc.duplicate_fraction:.0%} duplicates, ~{pc.malformed_fraction:.0%} malformed) ...")
     t0 = time.monotonic()
     produced = _produce(cfg, topic=pc.topic, events=events, rate=pc.rate, partitions=pc.partitions,
                         seed=pc.seed, duplicates=pc.duplicate_fraction, malformed=pc.malformed_fraction,
                         ledger=True, bootstrap=bootstrap)
-    print(f"[demo] produced {produced['sent']} in {time.monotonic() - t0:.1f}s", flush=True)
-    print("[demo] starting Spark and ingesting (available-now) ...", flush=True)
+    _log.info(f"[demo] produced {produced['sent']} in {time.monotonic() - t0:.1f}s")
+    _log.info("[demo] starting Spark and ingesting (available-now) ...")
     spark = build_session(cfg)
     summary = run_ingest(spark, cfg, available_now=True, install_signal_handlers=True)
-    print(f"[demo] ingested {summary.rows_read} records in {summary.batches} batches, {summary.seconds:.1f}s",
-          flush=True)
+    _log.info(f"[demo] ingested {summary.rows_read} records in {summary.batches} batches, {summary.seconds:.1f}s")
     gold = None
     if cfg.gold.tables:
         from pipelines.jobs.gold import run_gold
 
-        print("[demo] updating the gold aggregates from silver's change feed (available-now) ...", flush=True)
+        _log.info("[demo] updating the gold aggregates from silver's change feed (available-now) ...")
         gold = run_gold(spark, cfg, available_now=True, install_signal_handlers=True)
         built = f"{gold.tables_built} tables built from silver, then " if gold.tables_built else ""
-        print(f"[demo] gold: {built}{gold.changes} silver changes, {gold.groups_recomputed} groups recomputed "
-              f"(+{gold.inserted} ~{gold.updated}) in {gold.seconds:.1f}s", flush=True)
-    print("[demo] verifying (topic from earliest vs tables, plus the producer ledger) ...", flush=True)
+        _log.info(f"[demo] gold: {built}{gold.changes} silver changes, {gold.groups_recomputed} groups recomputed "
+                  f"(+{gold.inserted} ~{gold.updated}) in {gold.seconds:.1f}s")
+    _log.info("[demo] verifying (topic from earliest vs tables, plus the producer ledger) ...")
     report = _verify(cfg, spark, True)
     docs = None
     if (cfg.expectations_dir / "silver.yaml").is_file():
         from pipelines.quality import project
 
-        print("[demo] building Great Expectations Data Docs ...", flush=True)
+        _log.info("[demo] building Great Expectations Data Docs ...")
         docs, _ = project.build_docs(spark, cfg)
     print()
     print("=" * 72)
@@ -640,7 +641,7 @@ def cmd_submit(cfg: Config, args: argparse.Namespace) -> int:
         from pipelines.local.cluster import package_zip
 
         py_files = package_zip(paths.REPO_ROOT / ".local" / "dist" / "pipelines.zip")
-        print(f"[submit] shipping the package to the executors: --py-files {py_files}", file=sys.stderr)
+        _log.info(f"[submit] shipping the package to the executors: --py-files {py_files}")
     cmd = submit_command(cfg, args.job, args.job_args, args.conf or _default_conf(), py_files=py_files)
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
            **loopback_env(cfg.spark.master)}

@@ -48,7 +48,7 @@ from pipelines import logs
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-_log = logs.get("pipelines.metrics")
+_log = logs.get("metrics")
 
 #: Spark's Prometheus endpoints, path on the driver's UI.
 PROMETHEUS_PATH = "/metrics/prometheus"

@@ -46,7 +46,7 @@ from pipelines.io import writers
 from pipelines.io.checkpoint import hadoop_path
 from pipelines.io.health import table_health, table_inventory
 
-_log = logs.get("pipelines.maintain")
+_log = logs.get("maintain")
 
 #: Delta refuses a shorter VACUUM retention unless its safety check is turned off.
 DELTA_MIN_RETENTION_HOURS = 168

@@ -87,20 +87,17 @@ class VerifyReport:
         raise KeyError(name)
 
     def table(self) -> str:
-        """A readable summary table."""
-        width = max(len(c.name) for c in self.checks) if self.checks else 10
-        lines = ["totals: " + ", ".join(f"{k}={v}" for k, v in self.totals.items()), ""]
-        lines.append(f"{'check'.ljust(width)}  {'count':>9}  result")
-        lines.append(f"{'-' * width}  {'-' * 9}  ------")
+        """A readable summary table (the failed checks with a few sample rows)."""
+        from pipelines.tools.console import render, table
+
+        rows = []
         for c in self.checks:
             result = "info" if c.informational else ("ok" if c.ok else "FAIL")
-            lines.append(f"{c.name.ljust(width)}  {c.count:>9}  {result}")
-            if not c.ok:
-                for s in c.samples:
-                    lines.append(f"{'':{width}}    e.g. {s}")
-        lines.append("")
-        lines.append("VERIFY: OK - nothing missing, nothing duplicated" if self.ok else "VERIFY: FAILED")
-        return "\n".join(lines)
+            rows.append({"check": c.name, "count": c.count, "result": result,
+                         "e.g.": "" if c.ok else "\n".join(c.samples)})
+        verdict = "VERIFY: OK - nothing missing, nothing duplicated" if self.ok else "VERIFY: FAILED"
+        return render("totals: " + ", ".join(f"{k}={v}" for k, v in self.totals.items()),
+                      table(rows, columns=["check", "count", "result", "e.g."]), verdict).rstrip("\n")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
