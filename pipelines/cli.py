@@ -394,7 +394,7 @@ def cmd_maintain(cfg: Config, args: argparse.Namespace) -> int:
     summary = maintain(spark, cfg, compact=args.compact, vacuum=args.vacuum, checkpoints=args.checkpoints,
                        only=args.only)
     print(json.dumps(summary.as_dict(), indent=2) if args.json else render_summary(summary), end="")
-    return 0
+    return 0 if summary.ok else 1
 
 
 def cmd_quality(cfg: Config, args: argparse.Namespace) -> int:

@@ -296,8 +296,9 @@ class MaintenanceConfig:
     #: least ``compact_min_small_files`` of them.
     small_file_mb: Int = 16
     compact_min_small_files: Int = 20
-    #: VACUUM keeps removed files this long: longer than any reader's query, the gold stream's
-    #: longest outage and the time travel you want (Delta refuses less than 168 hours).
+    #: VACUUM keeps removed files this long: longer than any reader's query (Delta refuses less
+    #: than 168 hours); more than the tables' delta.deletedFileRetentionDuration (168 hours) is
+    #: refused too (it would protect nothing more). Silver waits for a gold reader older than this.
     vacuum_retention_hours: Int = 168
     #: Attempts of an OPTIMIZE that loses a race with the stream's commits.
     conflict_retries: Int = 10

@@ -26,6 +26,7 @@ application id). Counters (totals since the job started) and gauges (the last ba
 ``<query>_last_batch_rows``            gauge: rows in the last batch
 ``<query>_last_batch_duration_ms``     gauge: the last batch's duration (Spark's triggerExecution)
 ``<query>_freshness_ms``               gauge: now - newest Kafka timestamp, at the last batch's end
+``<query>_last_progress_ms``           gauge: epoch ms of the last progress or idle trigger (alive)
 ``<query>_lag``                        gauge: records behind the latest offsets, all partitions
 ``<query>_lag_<topic>_<partition>``    gauge: records behind, per partition
 =====================================  =====================================================
@@ -39,6 +40,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql.streaming.listener import StreamingQueryListener
@@ -59,6 +61,10 @@ EXECUTORS_PROMETHEUS_PATH = "/metrics/executors/prometheus"
 def metric_name(*parts: str) -> str:
     """A metric name Prometheus accepts, the way Spark's servlet normalises it (``[^a-zA-Z0-9]`` -> ``_``)."""
     return re.sub(r"[^a-zA-Z0-9]", "_", "_".join(p for p in parts if p))
+
+
+#: The per-batch counters of ingest and backfill (see the module docstring).
+COUNTERS = ("batches", "replayed", "rows_read", "bronze_inserted", "silver_inserted", "quarantined", "duplicates")
 
 
 class PipelineMetrics:
@@ -106,6 +112,15 @@ class PipelineMetrics:
         """Set a gauge."""
         with self._lock_values:
             self._acc(name).setValue(int(value))
+
+    def declare(self, query: str) -> None:
+        """Register ``query``'s counters at 0.
+
+        A scrape before the first batch sees them, and a registration problem shows at the job's
+        start, not inside a batch.
+        """
+        for name in COUNTERS:
+            self.add(metric_name(query, name), 0)
 
     def record_batch(self, query: str, res: Any) -> None:
         """Add one batch's table counters (an ingest ``BatchResult``) under ``query``."""
@@ -181,6 +196,7 @@ class ProgressListener(StreamingQueryListener):
             m.set(metric_name(q, "last_batch_id"), p.batchId)
             m.set(metric_name(q, "last_batch_rows"), p.numInputRows)
             m.set(metric_name(q, "last_batch_duration_ms"), int((p.durationMs or {}).get("triggerExecution", 0)))
+            m.set(metric_name(q, "last_progress_ms"), int(time.time() * 1000))
             lag = kafka_lag(list(p.sources or []))
             if lag:
                 m.set(metric_name(q, "lag"), sum(lag.values()))
@@ -191,7 +207,12 @@ class ProgressListener(StreamingQueryListener):
             _log.warning(f"[metrics] could not record the progress of {p.name}: {e}")
 
     def onQueryIdle(self, event: Any) -> None:  # noqa: N802
-        """Nothing to record."""
+        """An idle trigger (nothing new in the source): the query is alive, lag unchanged."""
+        if getattr(event, "name", None) in self.queries:
+            try:
+                self.metrics.set(metric_name(event.name, "last_progress_ms"), int(time.time() * 1000))
+            except Exception as e:
+                _log.warning(f"[metrics] could not record an idle trigger of {event.name}: {e}")
 
     def onQueryTerminated(self, event: Any) -> None:  # noqa: N802
         """Logged at DEBUG (the job reports a failure itself)."""
@@ -201,9 +222,12 @@ class ProgressListener(StreamingQueryListener):
 class Listening:
     """:class:`ProgressListener` registered for ``queries`` until :meth:`stop`; logs the endpoint URL."""
 
-    def __init__(self, spark: SparkSession, *queries: str) -> None:
+    def __init__(self, spark: SparkSession, *queries: str, counters: bool = False) -> None:
         self.spark = spark
         self.metrics = PipelineMetrics.of(spark)
+        if counters:
+            for q in queries:
+                self.metrics.declare(q)
         self.listener = ProgressListener(self.metrics, set(queries))
         spark.streams.addListener(self.listener)
         url = ui_url(spark)

@@ -130,12 +130,18 @@ def build_session(cfg: Config, extra: Mapping[str, str] | None = None, master: s
     conf = session_conf(cfg, extra)
     os.environ.setdefault("PYSPARK_PYTHON", _python())
     builder = SparkSession.builder.appName(cfg.spark.app_name)
+    loopback = {}
     if not _inside_spark_submit():
         builder = builder.master(master or cfg.spark.master)
-        os.environ.update(loopback_env(master or cfg.spark.master))
+        loopback = loopback_env(master or cfg.spark.master)
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    os.environ.update(loopback)  # read by the JVM pyspark launches now; not left for later sessions
+    try:
+        spark = builder.getOrCreate()
+    finally:
+        for key in loopback:
+            os.environ.pop(key, None)
     spark.sparkContext.setLogLevel("WARN")
     if not is_local_master(spark.sparkContext.master or "local"):
         check_executors(spark)

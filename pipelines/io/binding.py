@@ -26,7 +26,7 @@ from pipelines import logs
 from pipelines.config import Config
 from pipelines.domain import schema as S
 from pipelines.errors import BrokerError, PipelineError
-from pipelines.io.checkpoint import batch_ids, child, hadoop_path
+from pipelines.io.checkpoint import batch_ids, child, hadoop_path, read_text, write_text
 from pipelines.io.kafka_source import source_options
 
 _log = logs.get("ingest")
@@ -164,28 +164,16 @@ def _first_line(e: BaseException) -> str:
 
 def read_checkpoint_binding(spark: SparkSession, checkpoint: str) -> SourceIdentity | None:
     """The identity recorded in the checkpoint, or None (new checkpoint, or one from before binding)."""
-    fs, p = hadoop_path(spark, child(checkpoint, BINDING_FILE))
-    if not fs.exists(p):
+    text = read_text(spark, child(checkpoint, BINDING_FILE))
+    if text is None:
         return None
-    stream = fs.open(p)
-    try:
-        jvm = spark.sparkContext._jvm
-        assert jvm is not None
-        text = str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-    finally:
-        stream.close()
     data = json.loads(text)
     return SourceIdentity(data.get("cluster_id"), dict(data.get("topics", {})))
 
 
 def write_checkpoint_binding(spark: SparkSession, checkpoint: str, identity: SourceIdentity) -> None:
     """Record ``identity`` in the checkpoint folder (created if absent)."""
-    fs, p = hadoop_path(spark, child(checkpoint, BINDING_FILE))
-    out = fs.create(p, True)
-    try:
-        out.write(identity.as_json().encode())
-    finally:
-        out.close()
+    write_text(spark, child(checkpoint, BINDING_FILE), identity.as_json())
 
 
 def read_table_binding(spark: SparkSession, path: str) -> SourceIdentity:

@@ -41,3 +41,27 @@ def has_metadata(spark: SparkSession, checkpoint: str) -> bool:
     """True once Spark has started a query on this checkpoint (its ``metadata`` file holds the query id)."""
     fs, p = hadoop_path(spark, child(checkpoint, "metadata"))
     return bool(fs.exists(p))
+
+
+def read_text(spark: SparkSession, path: str) -> str | None:
+    """A small file's text through Hadoop's FileSystem (None if it does not exist)."""
+    fs, p = hadoop_path(spark, path)
+    if not fs.exists(p):
+        return None
+    stream = fs.open(p)
+    try:
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+    finally:
+        stream.close()
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write a small file through Hadoop's FileSystem (replacing it; parent folders created)."""
+    fs, p = hadoop_path(spark, path)
+    out = fs.create(p, True)
+    try:
+        out.write(text.encode())
+    finally:
+        out.close()

@@ -438,6 +438,7 @@ def _execute(spark: SparkSession, cfg: Config, summary: BackfillSummary, works: 
         from pipelines.metrics import PipelineMetrics
 
         job.metrics, job.metrics_name = PipelineMetrics.of(spark), "backfill"
+        job.metrics.declare("backfill")
     # Whatever the source: once a chunk is in every table, the quarantine rows of its records
     # that pass now are marked replayed (they are in silver), stale reasons corrected.
     from pipelines.jobs.replay import settle_quarantine

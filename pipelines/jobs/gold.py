@@ -259,7 +259,9 @@ def build_table(spark: SparkSession, spec: GoldSpec, silver_path: str, version: 
     spark.conf.set(writers.USER_METADATA, metadata)
     try:
         if same:  # a plain overwrite keeps the table's identity (streaming readers of gold go on)
-            rows.write.format("delta").mode("overwrite").save(spec.path)
+            # A concurrent `maintain` compaction can win the race: the recomputation from the
+            # same silver version is simply written again.
+            writers.retry_on_conflict(lambda: rows.write.format("delta").mode("overwrite").save(spec.path))
         else:
             rows.createOrReplaceTempView(view)
             props = ", ".join(f"'{k}' = '{v}'" for k, v in {**COMMON_PROPERTIES,
@@ -434,6 +436,41 @@ def silver_changes(spark: SparkSession, cfg: Config, starting_version: int) -> D
             .load(cfg.table_path("silver")))
 
 
+#: In the gold checkpoint: the silver version its stream started from.
+START_FILE = "pipelines-gold-start.json"
+
+
+def stream_start(spark: SparkSession, checkpoint: str, new_start: int | None) -> int:
+    """The ``startingVersion`` of the gold stream: the same for a checkpoint's whole life.
+
+    Spark asks the source again for a checkpoint's first batch on a restart (and re-runs it if it
+    was not committed); Delta computes that batch's start from ``startingVersion``. Passing
+    silver's latest version then made the restart fail once silver moved on (``DELTA_INVALID_CDC_RANGE``,
+    start after end) or, for an uncommitted first batch, skip changes. So the version is recorded
+    when a checkpoint starts (``new_start``) and read back after.
+    """
+    from pipelines.io.checkpoint import child, read_text, write_text
+
+    path = child(checkpoint, START_FILE)
+    if new_start is not None:
+        write_text(spark, path, json.dumps({"starting_version": new_start}))
+        return new_start
+    text = read_text(spark, path)
+    if text is not None:
+        return int(json.loads(text)["starting_version"])
+    # A checkpoint from before this file: its first batch ended at this version (a committed first
+    # batch is not re-read; an uncommitted one of such an old checkpoint cannot be repaired here).
+    first = (read_text(spark, child(checkpoint, "offsets/0")) or "").splitlines()
+    for line in first[2:]:
+        try:
+            version = json.loads(line).get("reservoirVersion")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(version, int):
+            return version
+    return 0  # unreadable: from silver's start (gold recomputes groups from silver: more changes are safe)
+
+
 def start_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None = None,
                job: GoldJob | None = None) -> StreamingQuery:
     """Build what needs building, then start the gold query (see the module docstring).
@@ -456,6 +493,7 @@ def start_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None =
     missing = check_gold_tables(spark, job.specs, S.silver_schema(EventSpec.from_config(cfg.events)))
     new_checkpoint = not batch_ids(spark, cfg.gold_checkpoint_path, "offsets")
     latest = writers.table_version(spark, job.silver)
+    starting = stream_start(spark, cfg.gold_checkpoint_path, latest if new_checkpoint else None)
     for spec in job.specs if new_checkpoint else missing:
         t0 = time.monotonic()
         build_table(spark, spec, job.silver, latest, gold_metadata(job.query_name, None, latest, build=True))
@@ -467,7 +505,7 @@ def start_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None =
         job.versions[spec.name] = latest if reflected is None else reflected
     if available_now is None:
         available_now = cfg.gold.trigger == "availableNow"
-    writer = (silver_changes(spark, cfg, starting_version=latest).writeStream.queryName(cfg.gold.query_name)
+    writer = (silver_changes(spark, cfg, starting_version=starting).writeStream.queryName(cfg.gold.query_name)
               .option("checkpointLocation", cfg.gold_checkpoint_path)
               .foreachBatch(job.foreach_batch))
     writer = writer.trigger(availableNow=True) if available_now else writer.trigger(

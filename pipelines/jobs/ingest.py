@@ -432,7 +432,10 @@ class IngestJob:
                             .total_seconds())
         self.results.append(res)
         if self.metrics is not None:
-            self.metrics.record_batch(self.metrics_name, res)
+            try:  # the batch committed: a metrics problem must not fail it
+                self.metrics.record_batch(self.metrics_name, res)
+            except Exception as e:
+                _log.warning(f"[{self.query_name}] batch {batch_id}: its counters were not recorded: {e}")
         if self.out is not None:
             self.out(res.progress_line())
             if quality is not None and res.quality:
@@ -996,7 +999,7 @@ def run_ingest(spark: SparkSession, cfg: Config, *, available_now: bool | None =
             _log.info(f"[ingest] got {signal.Signals(signum).name}: finishing the current batch, then stopping")
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
-    listening = metrics.Listening(spark, cfg.ingest.query_name)
+    listening = metrics.Listening(spark, cfg.ingest.query_name, counters=True)
     job.metrics = listening.metrics
     try:
         restarts = 0

@@ -50,6 +50,8 @@ _log = logs.get("maintain")
 
 #: Delta refuses a shorter VACUUM retention unless its safety check is turned off.
 DELTA_MIN_RETENTION_HOURS = 168
+#: The tables' ``delta.deletedFileRetentionDuration`` (how long Delta remembers a removed file).
+TOMBSTONE_RETENTION_HOURS = 168
 
 
 @dataclass
@@ -63,6 +65,7 @@ class TableUpkeep:
     files_after: int | None = None
     vacuumed_files: int | None = None
     skipped: str | None = None
+    error: str | None = None
     attempts: int = 0
 
 
@@ -74,38 +77,99 @@ class MaintainSummary:
     checkpoints_removed: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def ok(self) -> bool:
+        """No table failed, and none was left unvacuumed for a lagging reader (exit 1 otherwise)."""
+        return not any(u.error or (u.skipped and u.skipped.startswith("VACUUM skipped")) for u in self.tables)
+
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON)."""
-        return asdict(self)
+        return {**asdict(self), "ok": self.ok}
 
 
 def check_retention(cfg: Config, spark: SparkSession) -> int:
-    """The VACUUM retention in hours, refused (naming the key) below Delta's floor."""
+    """The VACUUM retention in hours, refused (naming the key) outside what protects anything.
+
+    Below Delta's 168-hour floor VACUUM can delete files a running query reads. Above the tables'
+    ``delta.deletedFileRetentionDuration`` (168 hours, :data:`pipelines.io.tables.COMMON_PROPERTIES`)
+    it protects nothing more: Delta forgets a removed file after that long, and VACUUM then deletes
+    it by its age as an unknown file.
+    """
     hours = cfg.maintenance.vacuum_retention_hours
+    where = f"maintenance.vacuum_retention_hours is {hours} (from {', '.join(cfg.sources)})"
     check = spark.conf.get("spark.databricks.delta.retentionDurationCheck.enabled", "true")
     if hours < DELTA_MIN_RETENTION_HOURS and str(check).lower() != "false":
         raise ConfigError(
-            f"maintenance.vacuum_retention_hours is {hours} (from {', '.join(cfg.sources)}): below Delta's "
-            f"minimum of {DELTA_MIN_RETENTION_HOURS} hours, VACUUM can delete files a running reader or the "
-            "gold stream still needs",
+            f"{where}: below Delta's minimum of {DELTA_MIN_RETENTION_HOURS} hours, VACUUM can delete files a "
+            "running reader or the gold stream still needs",
             hint=f"use at least {DELTA_MIN_RETENTION_HOURS}; or, knowing no reader lags that long, set "
                  "spark.databricks.delta.retentionDurationCheck.enabled to false in spark.conf")
+    if hours > TOMBSTONE_RETENTION_HOURS:
+        raise ConfigError(
+            f"{where}: longer than the tables' delta.deletedFileRetentionDuration ({TOMBSTONE_RETENTION_HOURS} "
+            "hours), after which Delta forgets removed files and VACUUM deletes them by age: it would protect "
+            "nothing more", hint=f"use {TOMBSTONE_RETENTION_HOURS}, or raise the tables' "
+            "delta.deletedFileRetentionDuration first (README: Running it in production)")
     return hours
 
 
-def gold_read_position(spark: SparkSession, cfg: Config) -> int | None:
-    """The oldest silver version the gold query may still read (None: gold has no checkpoint yet)."""
-    from pipelines.tools.status import delta_next_version, query_status
+def silver_versions_in_use(spark: SparkSession, cfg: Config, latest: int) -> dict[str, int]:
+    """Who still reads an older silver version than ``latest``, and the oldest version each reads.
 
-    return delta_next_version(query_status(spark, cfg.gold.query_name, cfg.gold_checkpoint_path).offsets)
-
-
-def commit_time(spark: SparkSession, path: str, version: int) -> dt.datetime | None:
-    """When ``version`` of the table was committed (None if its log entry is gone)."""
+    The gold stream reads silver's changes from its checkpoint's position on; ``verify`` and
+    ``gold`` compare each gold table with silver *as of* the version its newest gold commit
+    recorded (which stays put while silver's commits change no data, e.g. a compaction).
+    """
     from delta.tables import DeltaTable
 
-    row = DeltaTable.forPath(spark, path).history().where(F.col("version") == version).select("timestamp").first()
-    return row["timestamp"] if row is not None else None
+    from pipelines.jobs.gold import silver_version_of
+    from pipelines.tools.status import delta_next_version, query_status
+
+    users: dict[str, int] = {}
+    position = delta_next_version(query_status(spark, cfg.gold.query_name, cfg.gold_checkpoint_path).offsets)
+    if position is not None and position <= latest:
+        users["the gold stream"] = position
+    for t in cfg.gold.tables:
+        path = cfg.gold_table_path(t)
+        if DeltaTable.isDeltaTable(spark, path):
+            version = silver_version_of(spark, path)[0]
+            if version is not None and version < latest:
+                users[f"gold.{t.name} (as of its last commit)"] = version
+    return users
+
+
+def commit_epoch_s(spark: SparkSession, path: str, version: int, latest: int) -> float | None:
+    """When ``version`` was committed, in epoch seconds (None if its log entry is gone)."""
+    from delta.tables import DeltaTable
+
+    row = (DeltaTable.forPath(spark, path).history(max(1, latest - version + 1))
+           .where(F.col("version") == version).select(F.unix_millis("timestamp").alias("ms")).first())
+    return row["ms"] / 1000 if row is not None else None
+
+
+#: VACUUM of silver waits this much longer than the retention for an older reader (clock skew,
+#: files written a little before their commit).
+GUARD_MARGIN_S = 3600.0
+
+
+def silver_vacuum_blocker(spark: SparkSession, cfg: Config, path: str, hours: int) -> str | None:
+    """Why silver must not be vacuumed now (None: nobody reads a version whose files VACUUM would delete).
+
+    A version's files can only have been removed by a later commit; VACUUM deletes files removed
+    more than ``hours`` ago. So an oldest reader at version V is safe while commit V+1 is younger.
+    """
+    from pipelines.io import writers
+
+    latest = writers.table_version(spark, path)
+    users = silver_versions_in_use(spark, cfg, latest)
+    if not users:
+        return None
+    who, oldest = min(users.items(), key=lambda kv: kv[1])
+    after = commit_epoch_s(spark, path, oldest + 1, latest)
+    if after is not None and after > time.time() - hours * 3600 + GUARD_MARGIN_S:
+        return None
+    return (f"{who} reads silver version {oldest}, and the commits after it are older than the {hours}h "
+            "retention: VACUUM could delete files it needs")
 
 
 def _retrying(cfg: Config, name: str, what: str, write: Any, upkeep: TableUpkeep) -> Any:
@@ -131,11 +195,40 @@ def _vacuum(spark: SparkSession, path: str, hours: int) -> int:
     return int(eligible)
 
 
-def maintain(spark: SparkSession, cfg: Config, *, compact: bool = True, vacuum: bool = True,
-             checkpoints: bool = True, only: list[str] | None = None) -> MaintainSummary:
-    """Compact, vacuum and clean up (see the module docstring); safe while the jobs run."""
+def _upkeep(spark: SparkSession, cfg: Config, name: str, path: str, upkeep: TableUpkeep, *, compact: bool,
+            vacuum: bool, hours: int, small: int) -> None:
     from delta.tables import DeltaTable
 
+    before = table_health(spark, name, path, small)
+    upkeep.files_before, upkeep.small_before = before.files, before.small_files
+    if not before.exists:
+        upkeep.skipped = "not created yet"
+        return
+    if compact and before.small_files >= cfg.maintenance.compact_min_small_files:
+        _retrying(cfg, name, "compaction", lambda: DeltaTable.forPath(spark, path).optimize()
+                  .executeCompaction().collect(), upkeep)
+        upkeep.compacted = True
+        upkeep.files_after = table_health(spark, name, path, small).files
+        _log.info(f"[maintain] {name}: compacted {before.files} files ({before.small_files} small) into "
+                  f"{upkeep.files_after}")
+    if not vacuum:
+        return
+    if name == "silver":
+        blocker = silver_vacuum_blocker(spark, cfg, path, hours)
+        if blocker is not None:
+            upkeep.skipped = f"VACUUM skipped: {blocker}"
+            _log.warning(f"[maintain] silver: {upkeep.skipped}; run gold to catch up")
+            return
+    upkeep.vacuumed_files = _retrying(cfg, name, "VACUUM", lambda: _vacuum(spark, path, hours), upkeep)
+
+
+def maintain(spark: SparkSession, cfg: Config, *, compact: bool = True, vacuum: bool = True,
+             checkpoints: bool = True, only: list[str] | None = None) -> MaintainSummary:
+    """Compact, vacuum and clean up (see the module docstring); safe while the jobs run.
+
+    A table whose upkeep fails (e.g. it lost every race) is recorded with its error and the
+    others still get theirs; ``only`` (some tables) leaves the checkpoints alone.
+    """
     t0 = time.monotonic()
     summary = MaintainSummary()
     hours = check_retention(cfg, spark) if vacuum else cfg.maintenance.vacuum_retention_hours
@@ -146,34 +239,28 @@ def maintain(spark: SparkSession, cfg: Config, *, compact: bool = True, vacuum: 
         if unknown:
             raise ConfigError(f"no table named {', '.join(unknown)}; the tables are: {', '.join(inventory)}")
         inventory = {k: v for k, v in inventory.items() if k in only}
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    for name, path in inventory.items():
-        before = table_health(spark, name, path, small)
-        upkeep = TableUpkeep(name, before.files, before.small_files)
-        summary.tables.append(upkeep)
-        if not before.exists:
-            upkeep.skipped = "not created yet"
-            continue
-        if compact and before.small_files >= cfg.maintenance.compact_min_small_files:
-            _retrying(cfg, name, "compaction", lambda p=path: DeltaTable.forPath(spark, p).optimize()
-                      .executeCompaction().collect(), upkeep)
-            upkeep.compacted = True
-            upkeep.files_after = table_health(spark, name, path, small).files
-            _log.info(f"[maintain] {name}: compacted {before.files} files ({before.small_files} small) into "
-                      f"{upkeep.files_after}")
-        if vacuum:
-            if name == "silver":
-                position = gold_read_position(spark, cfg)
-                behind = position is not None and position <= (before.version or 0)
-                since = commit_time(spark, path, position) if behind and position is not None else None
-                if behind and (since is None or since < now - dt.timedelta(hours=hours)):
-                    upkeep.skipped = (f"VACUUM skipped: the gold query still reads silver from version {position} "
-                                      f"({since or 'its log entry is gone'}), older than the {hours}h retention")
-                    _log.warning(f"[maintain] silver: {upkeep.skipped}; run gold to catch up")
-                    continue
-            upkeep.vacuumed_files = _retrying(cfg, name, "VACUUM", lambda p=path: _vacuum(spark, p, hours), upkeep)
-    if checkpoints:
-        summary.checkpoints_removed = remove_replaced_checkpoints(spark, cfg, hours, now)
+    # OPTIMIZE rewrites files below minFileSize (Delta's default: 1 GiB, i.e. every file, every
+    # day): only the small ones here.
+    key = "spark.databricks.delta.optimize.minFileSize"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, str(small))
+    try:
+        for name, path in inventory.items():
+            upkeep = TableUpkeep(name)
+            summary.tables.append(upkeep)
+            try:
+                _upkeep(spark, cfg, name, path, upkeep, compact=compact, vacuum=vacuum, hours=hours, small=small)
+            except Exception as e:  # the other tables still get their upkeep; the run exits 1
+                upkeep.error = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                _log.error(f"[maintain] {name}: {upkeep.error}")
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
+    if checkpoints and not only:
+        summary.checkpoints_removed = remove_replaced_checkpoints(spark, cfg, hours,
+                                                                  dt.datetime.now(dt.UTC).replace(tzinfo=None))
     summary.seconds = round(time.monotonic() - t0, 1)
     return summary
 
@@ -205,7 +292,7 @@ def render_summary(summary: MaintainSummary) -> str:
 
     rows = [{"table": u.table, "files before": u.files_before, "small": u.small_before,
              "compacted": "yes" if u.compacted else "", "files after": u.files_after,
-             "vacuumed files": u.vacuumed_files, "attempts": u.attempts, "note": u.skipped or ""}
+             "vacuumed files": u.vacuumed_files, "attempts": u.attempts, "note": u.error or u.skipped or ""}
             for u in summary.tables]
     text = render(table(rows, title="maintain"))
     if summary.checkpoints_removed:
@@ -239,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = maintain(spark, cfg, compact=args.compact, vacuum=args.vacuum, checkpoints=args.checkpoints,
                        only=args.only)
     print(json.dumps(summary.as_dict()) if args.json else render_summary(summary))
-    return 0
+    return 0 if summary.ok else 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Config
-from pipelines.io.checkpoint import batch_ids, child, hadoop_path
+from pipelines.io.checkpoint import batch_ids, child, hadoop_path, read_text
 from pipelines.io.health import TableHealth, table_health, table_inventory
 
 
@@ -100,7 +100,7 @@ def query_status(spark: SparkSession, name: str, checkpoint: str) -> QueryStatus
     q.last_commit = dt.datetime.fromtimestamp(fs.getFileStatus(p).getModificationTime() / 1000, dt.UTC).replace(
         tzinfo=None)
     # offsets/<id>: "v1", the batch's metadata, then one JSON line per source (its end offsets).
-    lines = [r[0] for r in spark.read.text(child(checkpoint, f"offsets/{q.last_batch}")).collect()]
+    lines = (read_text(spark, child(checkpoint, f"offsets/{q.last_batch}")) or "").splitlines()
     for line in lines[2:]:
         try:
             value = json.loads(line)

@@ -92,7 +92,11 @@ def test_metrics_status_and_maintain_while_the_stream_runs(spark, make_cfg):
         assert json.loads(json.dumps(report.as_dict()))["ingest"]["last_batch"] == report.ingest.last_batch
 
         # 3. maintain while it runs: compaction races the stream's MERGEs; both retry, nothing lost.
+        batch_before = collect_status(spark, cfg).ingest.last_batch
         done = maintain(spark, cfg, only=["bronze", "silver", "audit"])
+        assert done.ok, done
+        # it really overlapped the stream: the job still ran and committed batches meanwhile
+        assert proc.poll() is None and (collect_status(spark, cfg).ingest.last_batch or 0) > (batch_before or 0)
         by = {u.table: u for u in done.tables}
         assert by["silver"].compacted and by["silver"].files_after is not None
         assert "OPTIMIZE" in {r["operation"] for r in spark.sql(f"DESCRIBE HISTORY delta.`{cfg.table_path('silver')}`")
@@ -135,16 +139,29 @@ def test_vacuum_waits_for_the_gold_stream(spark, make_cfg):
     zero = cfg.with_overrides(maintenance={"vacuum_retention_hours": 0, "compact_min_small_files": 2})
     with pytest.raises(ConfigError, match=r"maintenance.vacuum_retention_hours is 0 \(from .*local.yaml"):
         check_retention(zero, spark)
+    with pytest.raises(ConfigError, match=r"vacuum_retention_hours is 400 .*deletedFileRetentionDuration"):
+        check_retention(cfg.with_overrides(maintenance={"vacuum_retention_hours": 400}), spark)
     spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
     try:
-        behind = {u.table: u for u in maintain(spark, zero, only=["silver", "bronze"]).tables}
+        first = maintain(spark, zero, only=["silver", "bronze"])
+        behind = {u.table: u for u in first.tables}
         assert behind["silver"].compacted
-        assert behind["silver"].vacuumed_files is None
-        assert "gold query still reads silver" in str(behind["silver"].skipped)
+        assert behind["silver"].vacuumed_files is None and not first.ok
+        assert "reads silver version" in str(behind["silver"].skipped), first
         assert (behind["bronze"].vacuumed_files or 0) > 0  # nobody streams from bronze: vacuumed
+        # Gold catches up, but it changes nothing after a compaction alone: its tables still record
+        # (and verify still reads) the silver version before it, so silver stays unvacuumed.
         run_gold(spark, cfg, available_now=True)
-        caught_up = {u.table: u for u in maintain(spark, zero, only=["silver"]).tables}
-        assert caught_up["silver"].skipped is None and (caught_up["silver"].vacuumed_files or 0) > 0
+        still = {u.table: u for u in maintain(spark, zero, only=["silver"]).tables}
+        assert "as of its last commit" in str(still["silver"].skipped), still
+        assert verify(spark, cfg).ok
+        # New data moves gold past the compaction: now silver's old files are nobody's.
+        produce(cfg.kafka.bootstrap_servers, topic, 200, seed=8, id_prefix="vi", progress=False)
+        run_ingest(spark, cfg, available_now=True)
+        run_gold(spark, cfg, available_now=True)
+        caught_up = maintain(spark, zero, only=["silver"])
+        silver = caught_up.tables[0]
+        assert caught_up.ok and silver.skipped is None and (silver.vacuumed_files or 0) > 0, caught_up
     finally:
         spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
     report = verify(spark, cfg)

@@ -35,6 +35,8 @@ def test_kafka_lag_per_partition_from_a_progress():
 
 def test_delta_source_position():
     assert delta_next_version({"reservoirVersion": 7, "index": -1}) == 7  # at the version's start
+    # what Delta writes once version 6 is read completely: the next version, at its start
+    assert delta_next_version({"sourceVersion": 1, "reservoirVersion": 7, "index": -1, "isStartingVersion": False}) == 7
     assert delta_next_version({"reservoirVersion": 7, "index": -100}) == 7
     assert delta_next_version({"reservoirVersion": 7, "index": 3}) == 7  # part of it read
     assert delta_next_version({"reservoirVersion": 7, "index": DELTA_END_INDEX}) == 8  # all of it read
@@ -54,6 +56,7 @@ def test_metrics_and_ui_defaults_can_be_overridden():
     off = load_config(REPO / "conf" / "local.yaml", environ={
         "PIPELINES__SPARK__CONF": json.dumps({"spark.metrics.namespace": "orders", "spark.ui.enabled": "false"})})
     assert session_conf(off)["spark.metrics.namespace"] == "orders"
+    assert session_conf(off)["spark.ui.enabled"] == "false"
 
 
 def test_loopback_only_for_local_masters(monkeypatch):
