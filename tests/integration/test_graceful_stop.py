@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,20 +19,12 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_sigterm_stops_the_stream_cleanly(spark, make_cfg, tmp_path):
+def test_sigterm_stops_the_stream_cleanly(spark, make_cfg, tmp_path, job_env):
     cfg = make_cfg(kafka={"max_offsets_per_trigger": 300})
     topic = cfg.kafka.topics[0]
     produce(cfg.kafka.bootstrap_servers, topic, 1500, seed=21, id_prefix="gs", progress=False)
     t0 = time.monotonic()
-    env = {**os.environ,
-           "PIPELINES__APP__DATA_DIR": cfg.app.data_dir,
-           "PIPELINES__APP__JARS_DIR": str(cfg.jars_dir),
-           "PIPELINES__KAFKA__BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers,
-           "PIPELINES__KAFKA__TOPICS": json.dumps([topic]),
-           "PIPELINES__KAFKA__MAX_OFFSETS_PER_TRIGGER": "300",
-           "PIPELINES__INGEST__TRIGGER_INTERVAL": "1 second",
-           "PIPELINES__SPARK__CONF": json.dumps({"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"}),
-           "PIPELINES__SPARK__MASTER": "local[2]", "PIPELINES_LOG_LEVEL": "INFO", "PIPELINES_LOG_JSON": "0"}
+    env = job_env(cfg, 300, {"spark.ui.enabled": "false"})
     proc = subprocess.Popen([sys.executable, "-m", "pipelines", "ingest"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []  # the job's progress lines are logged to stderr; its summary is printed to stdout
