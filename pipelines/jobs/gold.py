@@ -440,14 +440,16 @@ def silver_changes(spark: SparkSession, cfg: Config, starting_version: int) -> D
 START_FILE = "pipelines-gold-start.json"
 
 
-def stream_start(spark: SparkSession, checkpoint: str, new_start: int | None) -> int:
+def stream_start(spark: SparkSession, checkpoint: str, new_start: int | None,
+                 recorded: Sequence[int] = ()) -> int:
     """The ``startingVersion`` of the gold stream: the same for a checkpoint's whole life.
 
     Spark asks the source again for a checkpoint's first batch on a restart (and re-runs it if it
     was not committed); Delta computes that batch's start from ``startingVersion``. Passing
     silver's latest version then made the restart fail once silver moved on (``DELTA_INVALID_CDC_RANGE``,
     start after end) or, for an uncommitted first batch, skip changes. So the version is recorded
-    when a checkpoint starts (``new_start``) and read back after.
+    when a checkpoint starts (``new_start``) and read back after. ``recorded``: the silver
+    versions the existing gold tables reflect (for a checkpoint from before the file).
     """
     from pipelines.io.checkpoint import child, read_text, write_text
 
@@ -458,17 +460,20 @@ def stream_start(spark: SparkSession, checkpoint: str, new_start: int | None) ->
     text = read_text(spark, path)
     if text is not None:
         return int(json.loads(text)["starting_version"])
-    # A checkpoint from before this file: its first batch ended at this version (a committed first
-    # batch is not re-read; an uncommitted one of such an old checkpoint cannot be repaired here).
+    # A checkpoint from before this file: no later than where its first batch ended, nor than what
+    # the tables reflect (an uncommitted first batch then re-reads what they may miss: gold
+    # recomputes groups from silver, so reading more changes is safe, reading fewer is not).
     first = (read_text(spark, child(checkpoint, "offsets/0")) or "").splitlines()
+    ends = []
     for line in first[2:]:
         try:
             version = json.loads(line).get("reservoirVersion")
         except (ValueError, AttributeError):
             continue
         if isinstance(version, int):
-            return version
-    return 0  # unreadable: from silver's start (gold recomputes groups from silver: more changes are safe)
+            ends.append(version)
+    candidates = [*ends[:1], *recorded]
+    return min(candidates) if candidates else 0
 
 
 def start_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None = None,
@@ -493,7 +498,9 @@ def start_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None =
     missing = check_gold_tables(spark, job.specs, S.silver_schema(EventSpec.from_config(cfg.events)))
     new_checkpoint = not batch_ids(spark, cfg.gold_checkpoint_path, "offsets")
     latest = writers.table_version(spark, job.silver)
-    starting = stream_start(spark, cfg.gold_checkpoint_path, latest if new_checkpoint else None)
+    recorded = [v for v in (silver_version_of(spark, s.path)[0] for s in job.specs if s not in missing)
+                if v is not None] if not new_checkpoint else []
+    starting = stream_start(spark, cfg.gold_checkpoint_path, latest if new_checkpoint else None, recorded)
     for spec in job.specs if new_checkpoint else missing:
         t0 = time.monotonic()
         build_table(spark, spec, job.silver, latest, gold_metadata(job.query_name, None, latest, build=True))
