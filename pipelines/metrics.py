@@ -46,15 +46,13 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql.streaming.listener import StreamingQueryListener
 
 from pipelines import logs
+from pipelines.session import PROMETHEUS_PATH
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 _log = logs.get("metrics")
 
-#: Spark's Prometheus endpoints, path on the driver's UI.
-PROMETHEUS_PATH = "/metrics/prometheus"
-EXECUTORS_PROMETHEUS_PATH = "/metrics/executors/prometheus"
 
 
 
@@ -136,10 +134,6 @@ class PipelineMetrics:
         if res.lag_s is not None:
             self.set(metric_name(query, "freshness_ms"), round(res.lag_s * 1000))
 
-    def value(self, name: str) -> int | None:
-        """A metric's current value (None if never set)."""
-        acc = self._accumulators.get(name)
-        return None if acc is None else int(acc.value())
 
 
 def kafka_lag(progress_sources: list[Any]) -> dict[tuple[str, int], int]:
@@ -179,7 +173,6 @@ class ProgressListener(StreamingQueryListener):
     def __init__(self, metrics: PipelineMetrics, queries: set[str]) -> None:
         self.metrics = metrics
         self.queries = queries
-        self.last_progress: dict[str, Any] = {}
 
     def onQueryStarted(self, event: Any) -> None:  # noqa: N802 (Spark's name)
         """Logged at DEBUG."""
@@ -191,7 +184,6 @@ class ProgressListener(StreamingQueryListener):
         if p.name not in self.queries:
             return
         try:
-            self.last_progress[p.name] = p
             m, q = self.metrics, p.name
             m.set(metric_name(q, "last_batch_id"), p.batchId)
             m.set(metric_name(q, "last_batch_rows"), p.numInputRows)

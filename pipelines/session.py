@@ -45,9 +45,12 @@ BASE_CONF: dict[str, str] = {
 #: Metrics the way Spark users scrape them (:mod:`pipelines.metrics`): Spark's Prometheus servlet
 #: on the driver's UI, the executors' metrics, the streaming queries' gauges, and a namespace that
 #: does not change with the application id. Defaults: ``spark.conf`` can override each.
+#: Where Spark's Prometheus servlet answers on the driver's UI.
+PROMETHEUS_PATH = "/metrics/prometheus"
+
 METRICS_CONF: dict[str, str] = {
     "spark.metrics.conf.*.sink.prometheusServlet.class": "org.apache.spark.metrics.sink.PrometheusServlet",
-    "spark.metrics.conf.*.sink.prometheusServlet.path": "/metrics/prometheus",
+    "spark.metrics.conf.*.sink.prometheusServlet.path": PROMETHEUS_PATH,
     "spark.metrics.namespace": "pipelines",
     "spark.ui.prometheus.enabled": "true",
     "spark.sql.streaming.metricsEnabled": "true",

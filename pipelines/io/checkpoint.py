@@ -43,6 +43,25 @@ def has_metadata(spark: SparkSession, checkpoint: str) -> bool:
     return bool(fs.exists(p))
 
 
+def source_offsets(spark: SparkSession, checkpoint: str, batch_id: int) -> dict[str, Any]:
+    """The end offsets Spark logged for ``batch_id``, all sources merged (empty if unreadable).
+
+    ``offsets/<id>`` holds ``v1``, the batch's metadata, then one JSON line per source: Kafka's
+    ``{"topic": {"partition": offset}}``, Delta's ``{"reservoirVersion": v, "index": i, ...}``.
+    """
+    import json
+
+    out: dict[str, Any] = {}
+    for line in (read_text(spark, child(checkpoint, f"offsets/{batch_id}")) or "").splitlines()[2:]:
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.update(value)
+    return out
+
+
 def read_text(spark: SparkSession, path: str) -> str | None:
     """A small file's text through Hadoop's FileSystem (None if it does not exist)."""
     fs, p = hadoop_path(spark, path)

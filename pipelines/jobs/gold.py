@@ -441,7 +441,7 @@ START_FILE = "pipelines-gold-start.json"
 
 
 def stream_start(spark: SparkSession, checkpoint: str, new_start: int | None,
-                 recorded: Sequence[int] = ()) -> int:
+                 recorded: Callable[[], Sequence[int]] = tuple) -> int:
     """The ``startingVersion`` of the gold stream: the same for a checkpoint's whole life.
 
     Spark asks the source again for a checkpoint's first batch on a restart (and re-runs it if it
@@ -449,9 +449,9 @@ def stream_start(spark: SparkSession, checkpoint: str, new_start: int | None,
     silver's latest version then made the restart fail once silver moved on (``DELTA_INVALID_CDC_RANGE``,
     start after end) or, for an uncommitted first batch, skip changes. So the version is recorded
     when a checkpoint starts (``new_start``) and read back after. ``recorded``: the silver
-    versions the existing gold tables reflect (for a checkpoint from before the file).
+    versions the existing gold tables reflect (asked only for a checkpoint from before the file).
     """
-    from pipelines.io.checkpoint import child, read_text, write_text
+    from pipelines.io.checkpoint import child, read_text, source_offsets, write_text
 
     path = child(checkpoint, START_FILE)
     if new_start is not None:
@@ -463,16 +463,8 @@ def stream_start(spark: SparkSession, checkpoint: str, new_start: int | None,
     # A checkpoint from before this file: no later than where its first batch ended, nor than what
     # the tables reflect (an uncommitted first batch then re-reads what they may miss: gold
     # recomputes groups from silver, so reading more changes is safe, reading fewer is not).
-    first = (read_text(spark, child(checkpoint, "offsets/0")) or "").splitlines()
-    ends = []
-    for line in first[2:]:
-        try:
-            version = json.loads(line).get("reservoirVersion")
-        except (ValueError, AttributeError):
-            continue
-        if isinstance(version, int):
-            ends.append(version)
-    candidates = [*ends[:1], *recorded]
+    end = source_offsets(spark, checkpoint, 0).get("reservoirVersion")
+    candidates = [*([end] if isinstance(end, int) else []), *recorded()]
     return min(candidates) if candidates else 0
 
 
@@ -498,8 +490,11 @@ def start_gold(spark: SparkSession, cfg: Config, *, available_now: bool | None =
     missing = check_gold_tables(spark, job.specs, S.silver_schema(EventSpec.from_config(cfg.events)))
     new_checkpoint = not batch_ids(spark, cfg.gold_checkpoint_path, "offsets")
     latest = writers.table_version(spark, job.silver)
-    recorded = [v for v in (silver_version_of(spark, s.path)[0] for s in job.specs if s not in missing)
-                if v is not None] if not new_checkpoint else []
+
+    def recorded() -> list[int]:
+        return [v for v in (silver_version_of(spark, s.path)[0] for s in job.specs if s not in missing)
+                if v is not None]
+
     starting = stream_start(spark, cfg.gold_checkpoint_path, latest if new_checkpoint else None, recorded)
     for spec in job.specs if new_checkpoint else missing:
         t0 = time.monotonic()

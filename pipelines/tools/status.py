@@ -17,7 +17,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import Config
-from pipelines.io.checkpoint import batch_ids, child, hadoop_path, read_text
+from pipelines.io.checkpoint import batch_ids, child, hadoop_path, source_offsets
 from pipelines.io.health import TableHealth, table_health, table_inventory
 
 
@@ -99,15 +99,7 @@ def query_status(spark: SparkSession, name: str, checkpoint: str) -> QueryStatus
     fs, p = hadoop_path(spark, child(checkpoint, f"commits/{q.last_batch}"))
     q.last_commit = dt.datetime.fromtimestamp(fs.getFileStatus(p).getModificationTime() / 1000, dt.UTC).replace(
         tzinfo=None)
-    # offsets/<id>: "v1", the batch's metadata, then one JSON line per source (its end offsets).
-    lines = (read_text(spark, child(checkpoint, f"offsets/{q.last_batch}")) or "").splitlines()
-    for line in lines[2:]:
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            q.offsets.update(value)
+    q.offsets = source_offsets(spark, checkpoint, q.last_batch)
     return q
 
 
