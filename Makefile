@@ -41,7 +41,7 @@ run: setup
 demo: run
 
 test: setup check
-	$(PY) -m pytest -q --timeout=900 tests
+	$(PY) -m pytest -q --timeout=900 --durations=25 tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

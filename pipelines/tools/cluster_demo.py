@@ -173,7 +173,9 @@ def run_cluster_demo(cfg: Config, conf_file: str, bootstrap: str, work_dir: Path
         kill_group(driver)
         prod.join(timeout=left())
         out("[cluster] producer done; restarting the driver from the checkpoint (--available-now) ...")
-        driver = _submit(submit("pipelines/jobs/ingest.py", "--available-now"), env, log)
+        # The rest in as few batches as it takes (the small cap above only spreads the run over batches).
+        catch_up_env = {**env, "PIPELINES__KAFKA__MAX_OFFSETS_PER_TRIGGER": "100000"}
+        driver = _submit(submit("pipelines/jobs/ingest.py", "--available-now"), catch_up_env, log)
         report.catch_up_rc = _wait_rc(driver, left())
         out("[cluster] gold on the cluster (--available-now) ...")
         gold = _submit(submit("pipelines/jobs/gold.py", "--available-now"), env, work_dir / "gold.log")
