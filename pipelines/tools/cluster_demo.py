@@ -11,7 +11,7 @@
 4. after a few batches one worker is SIGKILLed with its executor (a lost machine): the job must
    go on with the other worker's executor; after more batches the driver is SIGKILLed too;
 5. once the producer is done the ingest job is submitted again from the same checkpoint
-   (``--available-now``), then the gold job (``--available-now``);
+   (``--available-now``, at most 100,000 records per batch), then the gold job (``--available-now``);
 6. ``verify --ledger`` checks bronze, quarantine, silver, the audit rows and gold against the
    topic and the producer's ledger.
 """
